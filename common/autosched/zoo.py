@@ -192,7 +192,9 @@ def get(name: str) -> ZooEntry:
     try:
         return ZOO[name]
     except KeyError:
-        raise UnknownWorkloadError(f"unknown zoo workload {name!r}; known: {', '.join(ZOO)}") from None
+        raise UnknownWorkloadError(
+            f"unknown zoo workload {name!r}; known: {', '.join(ZOO)}"
+        ) from None
 
 
 def tensors(name: str) -> Tensors:

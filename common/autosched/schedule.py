@@ -1,0 +1,113 @@
+"""Build a workload's template, fill it statically, and apply configs to a PrimFunc."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tvm import s_tir, tirx
+
+from autosched.analysis import StageInfo, analyze
+from autosched.errors import ScheduleError
+from autosched.hardware import HardwareParams, detect_hardware
+from autosched.space import Config, StageSpace, Template
+from autosched.templates import META_TEMPLATES, ApplyState, TemplateContext
+
+
+def _key(func: tirx.PrimFunc) -> str:
+    from autosched.wire import workload_key
+
+    return workload_key(func)
+
+
+def _context(stages: list[StageInfo], hw: HardwareParams) -> TemplateContext:
+    return TemplateContext({s.name: s for s in stages}, hw)
+
+
+def build_template(
+    func: tirx.PrimFunc, hw: HardwareParams | None = None, stages: list[StageInfo] | None = None
+) -> Template:
+    """The search space of ``func``: per stage, its meta-template and knobs."""
+    hw = hw or detect_hardware()
+    stages = stages if stages is not None else analyze(func)
+    ctx = _context(stages, hw)
+    return Template(
+        _key(func),
+        tuple(
+            StageSpace(
+                s.name,
+                str(s.meta_template),
+                s.reason,
+                tuple(META_TEMPLATES[s.meta_template].knobs(s, ctx)),
+            )
+            for s in stages
+        ),
+    )
+
+
+def static_config(
+    func: tirx.PrimFunc, hw: HardwareParams | None = None, stages: list[StageInfo] | None = None
+) -> Config:
+    """Heuristic knob values from hardware parameters alone (no measurement)."""
+    hw = hw or detect_hardware()
+    stages = stages if stages is not None else analyze(func)
+    ctx = _context(stages, hw)
+    return Config({s.name: META_TEMPLATES[s.meta_template].static_values(s, ctx) for s in stages})
+
+
+def apply_config(
+    func: tirx.PrimFunc,
+    config: Config,
+    hw: HardwareParams | None = None,
+    template: Template | None = None,
+    stages: list[StageInfo] | None = None,
+) -> s_tir.Schedule:
+    """Apply ``config`` to a fresh schedule of ``func``; deterministic in (func, config).
+
+    Inlining goes first (it changes which blocks are producers and consumers), then the
+    meta-templates in phase order: tiled reductions, simple reductions, root injective
+    stages, and last the location-tunable producers that compute at their consumer's loops.
+    """
+    hw = hw or detect_hardware()
+    stages = stages if stages is not None else analyze(func)
+    if template is not None:
+        template.validate(config)
+    ctx = _context(stages, hw)
+    sch = s_tir.Schedule(func, debug_mask="all")
+    state = ApplyState()
+    try:
+        for stage in stages:
+            inline = getattr(META_TEMPLATES[stage.meta_template], "inline", None)
+            if inline is not None:
+                inline(sch, stage, config.values[stage.name], state)
+        ordered = sorted(stages, key=lambda s: META_TEMPLATES[s.meta_template].phase)
+        for stage in ordered:
+            if stage.name in state.placed:
+                continue
+            META_TEMPLATES[stage.meta_template].apply(
+                sch, stage, config.values[stage.name], ctx, state
+            )
+    except KeyError as err:
+        raise ScheduleError(f"config has no values for {err}") from err
+    except Exception as err:  # TVM's own ScheduleError and friends
+        raise ScheduleError(f"applying the config failed: {err}") from err
+    return sch
+
+
+def static_schedule(func: tirx.PrimFunc, hw: HardwareParams | None = None) -> s_tir.Schedule:
+    hw = hw or detect_hardware()
+    stages = analyze(func)
+    return apply_config(func, static_config(func, hw, stages), hw, stages=stages)
+
+
+def trace_json(sch: s_tir.Schedule) -> dict[str, Any]:
+    """The schedule's TVM trace as plain JSON (IntImm/FloatImm turned into numbers)."""
+    return json.loads(json.dumps(sch.trace.as_json(), default=_plain))
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "value"):
+        return obj.value
+    if isinstance(obj, list | tuple) or hasattr(obj, "__iter__"):
+        return list(obj)
+    return str(obj)
