@@ -79,21 +79,28 @@ def best_vector(extent: int, lanes: int) -> int:
     return 1
 
 
-def vector_choices(extent: int, lanes: int) -> tuple[int, ...]:
-    return tuple(
-        sorted({v for v in (1, 2, 4, 8, 16, 32, 64) if v <= extent} | {best_vector(extent, lanes)})
-    )
+def vector_choices(extent: int, limit: int = 64) -> tuple[int, ...]:
+    """Vector widths for a loop: its divisors up to ``limit`` (a guarded vector loop would
+    predicate every lane)."""
+    return tuple(d for d in range(1, min(extent, limit) + 1) if extent % d == 0)
 
 
 def parallel_vectorize_root(
     sch: s_tir.Schedule, name: str, vector: int, parallel: bool, unroll: int = 0
 ) -> list[Any]:
-    """Fuse all loops of a root-level injective block, vectorize the inner part, parallelize
-    the outer part. Returns [outer, inner] loops."""
+    """Parallelize a root-level injective block over its fused outer loops and vectorize its
+    innermost loop. The innermost loop is never fused with the others: indices of a fused
+    loop need div/mod per lane, which turns every vector access into a gather.
+    Returns [outer, inner] loops."""
     block = sch.get_sblock(name)
     loops = sch.get_loops(block)
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    outer, inner = sch.split(fused, factors=[None, vector])
+    if len(loops) == 1:
+        outer, inner = sch.split(loops[0], factors=[None, vector])
+    else:
+        outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+        inner = loops[-1]
+        if vector > 1:
+            _, inner = sch.split(inner, factors=[None, vector])
     if parallel:
         sch.parallel(outer)
     if vector > 1:

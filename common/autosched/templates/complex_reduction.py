@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from tvm import s_tir
+from tvm import s_tir, tirx
+from tvm.tirx import IndexMap
 
 from autosched.analysis import MetaTemplateKind, StageInfo
 from autosched.space import ChoiceKnob, Knob, KnobValue, TileKnob, divisors, tile_candidates
@@ -25,6 +26,7 @@ from autosched.templates.base import (
 
 SPATIAL_LEVELS, REDUCTION_LEVELS = 4, 2
 INNER_ORDERS = ("r1_s2_s3", "s2_r1_s3")
+MAX_VECTOR = 64
 
 
 def _tile_name(stage: StageInfo, axis: int) -> str:
@@ -54,6 +56,8 @@ class ComplexReduction(MetaTemplate):
         ]
         if _epilogue_possible(stage, ctx):
             knobs.append(ChoiceKnob("fuse_epilogue", (True, False)))
+        if _vector_axis(stage) is not None and _has_reused_operand(stage):
+            knobs.append(ChoiceKnob("pack", (False, True)))
         return knobs
 
     # ---- static heuristic -------------------------------------------------------------
@@ -69,7 +73,7 @@ class ComplexReduction(MetaTemplate):
         vec_axis = _vector_axis(stage)
         if vec_axis is not None:
             inner[vec_axis][2] = _pick_vector(extents[vec_axis], lanes)
-        vec_regs = max(1, inner[vec_axis][2] // lanes) if vec_axis is not None else 1
+        vec_regs = -(-inner[vec_axis][2] // lanes) if vec_axis is not None else 1
         reg_axis = _register_axis(stage, vec_axis)
         if reg_axis is not None:
             inner[reg_axis][1] = _largest_divisor_at_most(
@@ -111,6 +115,11 @@ class ComplexReduction(MetaTemplate):
         values.update(inner_order="r1_s2_s3", unroll=64, write_level=1, write_cache=True)
         if _epilogue_possible(stage, ctx):
             values["fuse_epilogue"] = True
+        if vec_axis is not None and _has_reused_operand(stage):
+            # Packing pays when the micro-kernel would otherwise read the operand with a
+            # stride (dense's W[j, k]) or when long reductions stream whole panels of it.
+            reduction = math.prod(extents[a] for a in stage.reduction_axes)
+            values["pack"] = reduction >= 64
         return values
 
     # ---- apply --------------------------------------------------------------------------
@@ -126,6 +135,14 @@ class ComplexReduction(MetaTemplate):
             writeback = sch.get(epilogue).name_hint
         else:
             epilogue = None
+
+        vec_axis = _vector_axis(stage)
+        if values.get("pack") and vec_axis is not None:
+            width = values[_tile_name(stage, vec_axis)][3]
+            read_index = _packable_read(sch, block, vec_axis, width) if width > 1 else None
+            if read_index is not None:
+                vec_var = sch.get(block).iter_vars[vec_axis].var
+                _pack(sch, block, read_index, vec_var, width, state, ctx.hw.vector_lanes_f32)
 
         loops = sch.get_loops(block)
         kinds = stage.iter_kinds
@@ -147,7 +164,8 @@ class ComplexReduction(MetaTemplate):
         sch.parallel(outer)
         tile_loop = s1[-1]
         innermost = s3[-1]
-        if loop_extent(sch, innermost) > 1 and values[_tile_name(stage, spatial[-1])][3] > 1:
+        # Vectors wider than MAX_VECTOR make LLVM's code generation crawl: leave those scalar.
+        if 1 < values[_tile_name(stage, spatial[-1])][3] <= MAX_VECTOR:
             sch.vectorize(innermost)
         if values["unroll"]:
             sch.annotate(outer, "pragma_auto_unroll_max_step", values["unroll"])
@@ -172,6 +190,11 @@ def _will_fuse_epilogue(
     """Fuse the one injective consumer left after inlining (bias, ReLU) into the tile."""
     if not values.get("fuse_epilogue"):
         return False
+    # A guarded (non-dividing) tile leaves the producer's region smaller than the consumer's
+    # loop: TVM refuses the fusion (region cover), so the epilogue stays at root.
+    for axis in stage.spatial_axes:
+        if stage.extents[axis] % math.prod(values[_tile_name(stage, axis)][1:]):
+            return False
     consumers = sch.get_consumers(sch.get_sblock(stage.name))
     if len(consumers) != 1:
         return False
@@ -187,14 +210,76 @@ def _will_fuse_epilogue(
 
 
 def _vectorize_inner(sch: s_tir.Schedule, block: Any, lanes: int) -> None:
-    loops = sch.get_loops(block)
-    inner = loops[-1]
+    inner = sch.get_loops(block)[-1]
     extent = loop_extent(sch, inner)
-    if extent <= 1:
-        return
-    if extent > lanes * 4 and extent % lanes == 0:
+    if extent > MAX_VECTOR and extent % lanes == 0:
         inner = sch.split(inner, factors=[None, lanes])[1]
+    elif extent > MAX_VECTOR or extent <= 1:
+        return
     sch.vectorize(inner)
+
+
+def _packable_read(sch: s_tir.Schedule, block: Any, vec_axis: int, width: int) -> int | None:
+    """Index of an operand worth packing: read at a point, indexed by the vector axis alone in
+    exactly one dimension (so ``x // width, ..., x % width`` is a valid blocked layout), and
+    reused along another spatial axis (so the copy is amortized)."""
+    blk = sch.get(block)
+    vec_var = blk.iter_vars[vec_axis].var
+    spatial = {i for i, iv in enumerate(blk.iter_vars) if iv.iter_type == 0}
+    for index, region in enumerate(blk.reads):
+        dims = [r.min for r in region.region]
+        if len(dims) < 2 or any(int(r.extent) != 1 for r in region.region):
+            continue
+        hits = [d for d, e in enumerate(dims) if vec_var.same_as(e)]
+        others = [d for d, e in enumerate(dims) if d not in hits and _uses(e, vec_var)]
+        used = {i for i, iv in enumerate(blk.iter_vars) if any(_uses(e, iv.var) for e in dims)}
+        shape = [int(x) for x in region.source.shape]
+        if len(hits) == 1 and not others and spatial - used and shape[hits[0]] % width == 0:
+            return index
+    return None
+
+
+def _uses(expr: Any, var: Any) -> bool:
+    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
+
+
+def _pack(
+    sch: s_tir.Schedule,
+    block: Any,
+    read_index: int,
+    vec_axis_var: Any,
+    width: int,
+    state: ApplyState,
+    lanes: int,
+) -> None:
+    """Copy the operand into a blocked layout ``[x // width, ..., x % width]`` so the micro-
+    kernel's vector loads are contiguous and a panel of it is contiguous in memory."""
+
+    region = sch.get(block).reads[read_index]
+    dims = [r.min for r in region.region]
+    d = next(i for i, e in enumerate(dims) if vec_axis_var.same_as(e))
+    ndim = len(dims)
+    copy = sch.cache_read(block, read_index, "global")
+
+    # Index variables must be int32 like te loops (IndexMap.from_func makes int64
+    # ones, which TVM then fails to parse against int32 loops).
+    idx = [tirx.Var(f"i{n}", "int32") for n in range(ndim)]
+    rest = [idx[i] for i in range(ndim) if i != d]
+    blocked = IndexMap(idx, [idx[d] // width, *rest, idx[d] % width], None)
+    sch.transform_layout(block, ("read", read_index), blocked)
+    name = sch.get(copy).name_hint
+    loops = sch.get_loops(copy)
+    outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+    sch.parallel(outer)
+    state.placed.add(name)
+
+
+def _has_reused_operand(stage: StageInfo) -> bool:
+    spatial = {a for a in stage.spatial_axes if stage.extents[a] > 1}
+    return any(
+        len(r.index_vars) >= 2 and spatial - {v for i in r.index_vars for v in i}
+        for r in stage.reads
+    )
 
 
 def _vector_axis(stage: StageInfo) -> int | None:
@@ -221,12 +306,11 @@ def _register_axis(stage: StageInfo, vec_axis: int | None) -> int | None:
 
 
 def _pick_vector(extent: int, lanes: int) -> int:
+    """The innermost tile: the divisor (up to two vectors) that fills vector lanes best,
+    the narrower one on ties (fewer registers per accumulator row)."""
     options = [d for d in divisors(extent) if d <= 2 * lanes]
-    for want in (lanes, lanes // 2):
-        full = [d for d in options if d % want == 0]
-        if full:
-            return max(full)
-    return max(options)
+    best = max(options, key=lambda d: (d / (-(-d // lanes) * lanes), -d if d > lanes else d))
+    return best
 
 
 def _largest_divisor_at_most(extent: int, limit: int) -> int:

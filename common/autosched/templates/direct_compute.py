@@ -24,23 +24,25 @@ MIN_PARALLEL_ELEMENTS = 4096
 
 
 def root_knobs(stage: StageInfo) -> list[Knob]:
-    total = math.prod(stage.extents)
     return [
-        ChoiceKnob("vector", vector_choices(total, 64)),
+        ChoiceKnob("vector", vector_choices(stage.extents[-1], 64)),
         ChoiceKnob("parallel", (True, False)),
     ]
 
 
 def root_static(stage: StageInfo, lanes: int) -> dict[str, KnobValue]:
     total = math.prod(stage.extents)
-    return {"vector": best_vector(total, lanes), "parallel": total >= MIN_PARALLEL_ELEMENTS}
+    return {
+        "vector": best_vector(stage.extents[-1], lanes),
+        "parallel": total >= MIN_PARALLEL_ELEMENTS,
+    }
 
 
 def apply_root(sch: s_tir.Schedule, stage: StageInfo, values: dict[str, Any], state: ApplyState):
     if stage.name in state.placed or not block_exists(sch, stage.name):
         return
-    total = math.prod(stage.extents)
-    vector = values["vector"] if total % values["vector"] == 0 else 1
+    # A guarded vector loop would put a predicate on every lane: fall back to scalar.
+    vector = values["vector"] if stage.extents[-1] % values["vector"] == 0 else 1
     state.attach_points[stage.name] = parallel_vectorize_root(
         sch, stage.name, vector, values["parallel"]
     )
