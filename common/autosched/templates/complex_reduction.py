@@ -18,6 +18,7 @@ from autosched.analysis import MetaTemplateKind, StageInfo
 from autosched.space import ChoiceKnob, Knob, KnobValue, TileKnob, divisors, tile_candidates
 from autosched.templates.base import (
     UNROLL_STEPS,
+    ApplyState,
     MetaTemplate,
     TemplateContext,
     block_exists,
