@@ -46,9 +46,18 @@ class LocationTunable(MetaTemplate):
             points = state.attach_points.get(stage.consumers[0])
             if points:
                 loop = points[0] if location == CONSUMER_OUTER else points[-1]
-                try:
+                if _compute_at_is_legal(sch, stage.name, loop):
                     sch.compute_at(sch.get_sblock(stage.name), loop, preserve_unit_loops=True)
                     state.placed.add(stage.name)
-                except Exception:  # not a legal location for this consumer's loops: root
-                    pass
+                # else: not a legal location for this consumer's loops; it stays at root.
         apply_root(sch, stage, values, state)
+
+
+def _compute_at_is_legal(sch: s_tir.Schedule, name: str, loop: object) -> bool:
+    """Try on a copy: a refused compute_at can leave the schedule half-changed."""
+    trial = sch.copy()
+    try:
+        trial.compute_at(trial.get_sblock(name), loop, preserve_unit_loops=True)
+    except Exception:
+        return False
+    return True
