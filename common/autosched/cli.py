@@ -1,0 +1,129 @@
+"""The ``autosched`` command line: inspect, analyze and statically schedule workloads."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from autosched.errors import AutoschedError
+
+app = typer.Typer(help="Auto-scheduling for TVM compute declarations.", no_args_is_help=True)
+# Wide enough for the analysis table when piped (rich assumes 80 columns off a terminal).
+console = Console(width=None if sys.stdout.isatty() else 200)
+WorkloadPath = Annotated[Path, typer.Argument(help="A compute declaration in the wire format")]
+
+
+def _load(path: Path):
+    from autosched.wire import load_workload
+
+    try:
+        return load_workload(path)
+    except (AutoschedError, OSError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+
+
+@app.command()
+def zoo() -> None:
+    """List the example kernels."""
+    from autosched import zoo as kernels
+
+    table = Table("name", "family", "description")
+    for name in kernels.names():
+        entry = kernels.get(name)
+        table.add_row(name, entry.family, entry.description)
+    console.print(table)
+
+
+@app.command()
+def export(
+    name: str,
+    output: Annotated[Path | None, typer.Option("-o", help="Write here, not stdout")] = None,
+) -> None:
+    """Write a zoo kernel as a wire-format JSON document."""
+    from autosched import zoo as kernels
+    from autosched.wire import serialize
+
+    try:
+        doc = serialize(kernels.tensors(name), name=name)
+    except AutoschedError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    text = json.dumps(doc, indent=1)
+    if output:
+        output.write_text(text)
+    else:
+        sys.stdout.write(text + "\n")
+
+
+@app.command()
+def analyze(workload: WorkloadPath) -> None:
+    """Print every stage's iteration kinds, meta-template (and why), producers, consumers."""
+    from autosched.analysis import analyze as analyze_func
+
+    wl = _load(workload)
+    console.print(f"workload [bold]{wl.name}[/bold]  key {wl.key}")
+    table = Table("stage", "iters", "extents", "meta-template", "why", "producers", "consumers")
+    for s in analyze_func(wl.prim_func):
+        table.add_row(
+            s.name,
+            s.iter_kinds,
+            "x".join(map(str, s.extents)),
+            str(s.meta_template),
+            s.reason,
+            ", ".join(s.producers) or "-",
+            ", ".join(s.consumers) or "-",
+        )
+    console.print(table)
+
+
+@app.command()
+def schedule(
+    workload: WorkloadPath,
+    static: Annotated[bool, typer.Option("--static", help="Fill knobs from hardware only")] = True,
+    config_out: Annotated[
+        Path | None, typer.Option("--config-out", help="Config JSON path (default: beside input)")
+    ] = None,
+    trace_out: Annotated[Path | None, typer.Option(help="Also write the TVM trace JSON")] = None,
+) -> None:
+    """Schedule a workload statically: print the scheduled TIR and write the config."""
+    from autosched.analysis import analyze as analyze_func
+    from autosched.hardware import detect_hardware
+    from autosched.schedule import apply_config, build_template, static_config, trace_json
+
+    if not static:
+        console.print("[red]error:[/red] only --static scheduling exists so far (tuning: later)")
+        raise typer.Exit(2)
+    wl = _load(workload)
+    hw = detect_hardware()
+    stages = analyze_func(wl.prim_func)
+    template = build_template(wl.prim_func, hw, stages)
+    config = static_config(wl.prim_func, hw, stages)
+    try:
+        sch = apply_config(wl.prim_func, config, hw, template, stages)
+    except AutoschedError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from err
+    sys.stdout.write(sch.mod.script() + "\n")
+    doc = {
+        "workload_key": wl.key,
+        "hardware": hw.to_json(),
+        "template": template.to_json(),
+        "config": config.to_json(),
+    }
+    out = config_out or workload.with_suffix(".config.json")
+    out.write_text(json.dumps(doc, indent=1))
+    console.print(f"config written to {out}", style="green")
+    if trace_out:
+        trace_out.write_text(json.dumps(trace_json(sch)))
+        console.print(f"trace written to {trace_out}", style="green")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,57 @@
+"""The command line, run as a user would (in a subprocess, through the console script)."""
+
+import json
+import subprocess
+import sys
+
+import tvm
+from tvm import s_tir
+
+from autosched import zoo
+
+
+def _autosched(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "autosched.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_export_analyze_schedule(tmp_path):
+    path = tmp_path / "cbr.json"
+    assert _autosched("export", "conv2d_bias_relu", "-o", str(path), cwd=tmp_path).returncode == 0
+
+    analyzed = _autosched("analyze", str(path), cwd=tmp_path)
+    assert analyzed.returncode == 0, analyzed.stderr
+    for expected in ("pad_temp", "location_tunable", "conv2d_nchw", "SSSSRRR", "complex_reduction"):
+        assert expected in analyzed.stdout
+
+    trace_path = tmp_path / "trace.json"
+    scheduled = _autosched(
+        "schedule", str(path), "--static", "--trace-out", str(trace_path), cwd=tmp_path
+    )
+    assert scheduled.returncode == 0, scheduled.stderr
+    assert "T.parallel" in scheduled.stdout and "T.vectorized" in scheduled.stdout
+    doc = json.loads((tmp_path / "cbr.config.json").read_text())
+    assert set(doc) == {"workload_key", "hardware", "template", "config"}
+    assert doc["config"]["stages"]["conv2d_nchw"]["fuse_epilogue"] is True
+
+    # The exported trace replays onto a fresh schedule of the same PrimFunc, identically.
+    from autosched.hardware import detect_hardware
+    from autosched.schedule import static_schedule
+
+    func = zoo.prim_func("conv2d_bias_relu")
+    replayed = s_tir.Schedule(func)
+    s_tir.Trace.apply_json_to_schedule(json.loads(trace_path.read_text()), replayed)
+    tvm.ir.assert_structural_equal(replayed.mod, static_schedule(func, detect_hardware()).mod)
+
+
+def test_bad_input_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format_version": 1, "placeholders": "nope"}')
+    result = _autosched("analyze", str(bad), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "error" in result.stdout and "Traceback" not in result.stderr
