@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh "dev,bench"
-python bench/static.py "$@"
+# numpy is the baseline: run its current OpenBLAS kernel, not the machine-wide Haswell override
+# (set for old OpenBLAS builds; both variables go together, and only for this command).
+env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/static.py "$@"
