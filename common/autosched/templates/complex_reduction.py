@@ -143,7 +143,7 @@ class ComplexReduction(MetaTemplate):
             read_index = _packable_read(sch, block, vec_axis, width) if width > 1 else None
             if read_index is not None:
                 vec_var = sch.get(block).iter_vars[vec_axis].var
-                _pack(sch, block, read_index, vec_var, width, state, ctx.hw.vector_lanes_f32)
+                _pack(sch, block, read_index, vec_var, width, state)
 
         loops = sch.get_loops(block)
         kinds = stage.iter_kinds
@@ -251,7 +251,6 @@ def _pack(
     vec_axis_var: Any,
     width: int,
     state: ApplyState,
-    lanes: int,
 ) -> None:
     """Copy the operand into a blocked layout ``[x // width, ..., x % width]`` so the micro-
     kernel's vector loads are contiguous and a panel of it is contiguous in memory."""

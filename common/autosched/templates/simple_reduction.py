@@ -112,10 +112,9 @@ class SimpleReduction(MetaTemplate):
         _unroll(sch, outer, values)
         # The final block reduces the partial vector: parallel over its spatial loops too.
         final_loops = sch.get_loops(sch.get_sblock(stage.name))
-        final_outer = _parallel_outer(sch, final_loops[:n_spatial], values)
+        _parallel_outer(sch, final_loops[:n_spatial], values)
         if outer is not None:
             state.attach_points[stage.name] = [outer, outer]
-        del final_outer
         sch.decompose_reduction(rf_block, rf_loops[n_spatial])
 
 
