@@ -2,7 +2,8 @@
 # Test command: lint, then the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh "dev"
+# bench: the baseline tests compare PyTorch/numpy against TVM (torch is a local CPU wheel)
+source scripts/setup.sh "dev,bench"
 ruff check .
 ruff format --check .
 python -m pytest "$@"

@@ -6,6 +6,7 @@ from functools import cache
 
 import numpy as np
 import tvm
+
 from autosched import zoo
 from autosched.hardware import cpu_target, detect_hardware
 

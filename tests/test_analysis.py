@@ -1,6 +1,7 @@
 """The classification of every zoo kernel's stages is pinned."""
 
 import pytest
+
 from autosched import zoo
 from autosched.analysis import analyze
 

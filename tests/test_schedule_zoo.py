@@ -4,12 +4,12 @@ import random
 
 import pytest
 import tvm
+
 from autosched import zoo
 from autosched.analysis import analyze
 from autosched.hardware import detect_hardware
 from autosched.schedule import apply_config, build_template, static_config
 from autosched.space import Config, Template
-
 from tests.kernels import assert_matches_reference
 
 RANDOM_CONFIGS = 20

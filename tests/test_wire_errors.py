@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from autosched.errors import WireFormatError
 from autosched.settings import get_settings
 from autosched.wire import Workload, deserialize, load_workload

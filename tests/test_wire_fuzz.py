@@ -12,12 +12,13 @@ import json
 import os
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from autosched import zoo
 from autosched.errors import WireFormatError
 from autosched.wire import Workload, deserialize, serialize
 from autosched.wire.ops import BINARY_OPS, DTYPES, INTRINSICS, REDUCERS, UNARY_OPS
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 # AUTOSCHED_FUZZ_EXAMPLES=20000 for a deeper run; CI keeps the default small and fast.
 FUZZ = settings(

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import tvm
+from tvm import te, tirx, topi
+
 from autosched import WIRE_FORMAT_VERSION, zoo
 from autosched.errors import SerializeError
 from autosched.wire import (
@@ -29,7 +31,6 @@ from autosched.wire.ops import (
     IntrinsicName,
     UnaryOpName,
 )
-from tvm import te, tirx, topi
 
 
 def _block_names(func: tirx.PrimFunc) -> list[str]:

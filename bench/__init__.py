@@ -1,0 +1,1 @@
+"""Benchmarks: baselines (numpy, PyTorch, naive TVM) and the static-schedule table."""
