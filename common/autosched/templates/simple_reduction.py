@@ -51,8 +51,8 @@ class SimpleReduction(MetaTemplate):
         spatial_total = math.prod(stage.extents[a] for a in stage.spatial_axes)
         rfactor = 0
         # A long contiguous reduction vectorizes best through rfactor (partial vector sums).
-        if _contiguous_in_read(stage, r_axis) and lanes in _rfactor_choices(stage):
-            rfactor = lanes
+        if _contiguous_in_read(stage, r_axis):
+            rfactor = max((f for f in _rfactor_choices(stage) if f <= lanes), default=0)
         vector = 1
         if not rfactor and stage.spatial_axes:
             last = stage.spatial_axes[-1]
