@@ -167,44 +167,8 @@ INTRINSICS: dict[str, Intrinsic] = {
     "isnan": Intrinsic("tirx.isnan", 1, "float", "bool"),
     "likely": Intrinsic("prim.likely", 1, "bool", "bool"),
 }
-IntrinsicName = Literal[
-    "exp",
-    "exp2",
-    "exp10",
-    "log",
-    "log10",
-    "log1p",
-    "sqrt",
-    "rsqrt",
-    "sin",
-    "cos",
-    "tan",
-    "sinh",
-    "cosh",
-    "tanh",
-    "asin",
-    "acos",
-    "atan",
-    "asinh",
-    "acosh",
-    "atanh",
-    "erf",
-    "sigmoid",
-    "fabs",
-    "floor",
-    "round",
-    "nearbyint",
-    "trunc",
-    "log2",
-    "ceil",
-    "pow",
-    "atan2",
-    "hypot",
-    "copysign",
-    "nextafter",
-    "isnan",
-    "likely",
-]
+# Derived from the table so the two can never drift apart (pydantic builds the schema enum).
+IntrinsicName = Literal[tuple(INTRINSICS)]  # type: ignore[valid-type]
 INTRINSIC_BY_OP = {v.op_name: k for k, v in INTRINSICS.items()}
 
 IF_THEN_ELSE_OP = "prim.if_then_else"
