@@ -20,17 +20,19 @@ def _key(func: tirx.PrimFunc) -> str:
     return workload_key(func)
 
 
-def _context(stages: list[StageInfo], hw: HardwareParams) -> TemplateContext:
-    return TemplateContext({s.name: s for s in stages}, hw)
+def _context(
+    func: tirx.PrimFunc, hw: HardwareParams | None, stages: list[StageInfo] | None
+) -> TemplateContext:
+    """Detect the hardware and analyze ``func`` unless the caller already did."""
+    stages = stages if stages is not None else analyze(func)
+    return TemplateContext({s.name: s for s in stages}, hw or detect_hardware())
 
 
 def build_template(
     func: tirx.PrimFunc, hw: HardwareParams | None = None, stages: list[StageInfo] | None = None
 ) -> Template:
     """The search space of ``func``: per stage, its meta-template and knobs."""
-    hw = hw or detect_hardware()
-    stages = stages if stages is not None else analyze(func)
-    ctx = _context(stages, hw)
+    ctx = _context(func, hw, stages)
     return Template(
         _key(func),
         tuple(
@@ -40,7 +42,7 @@ def build_template(
                 s.reason,
                 tuple(META_TEMPLATES[s.meta_template].knobs(s, ctx)),
             )
-            for s in stages
+            for s in ctx.stages.values()
         ),
     )
 
@@ -49,10 +51,10 @@ def static_config(
     func: tirx.PrimFunc, hw: HardwareParams | None = None, stages: list[StageInfo] | None = None
 ) -> Config:
     """Heuristic knob values from hardware parameters alone (no measurement)."""
-    hw = hw or detect_hardware()
-    stages = stages if stages is not None else analyze(func)
-    ctx = _context(stages, hw)
-    return Config({s.name: META_TEMPLATES[s.meta_template].static_values(s, ctx) for s in stages})
+    ctx = _context(func, hw, stages)
+    return Config(
+        {s.name: META_TEMPLATES[s.meta_template].static_values(s, ctx) for s in ctx.stages.values()}
+    )
 
 
 def apply_config(
@@ -68,18 +70,15 @@ def apply_config(
     meta-templates in phase order: tiled reductions, simple reductions, root injective
     stages, and last the location-tunable producers that compute at their consumer's loops.
     """
-    hw = hw or detect_hardware()
-    stages = stages if stages is not None else analyze(func)
     if template is not None:
         template.validate(config)
-    ctx = _context(stages, hw)
+    ctx = _context(func, hw, stages)
+    stages = list(ctx.stages.values())
     sch = s_tir.Schedule(func, debug_mask="all")
     state = ApplyState()
     try:
         for stage in stages:
-            inline = getattr(META_TEMPLATES[stage.meta_template], "inline", None)
-            if inline is not None:
-                inline(sch, stage, config.values[stage.name], state)
+            META_TEMPLATES[stage.meta_template].inline(sch, stage, config.values[stage.name], state)
         ordered = sorted(stages, key=lambda s: META_TEMPLATES[s.meta_template].phase)
         for stage in ordered:
             if stage.name in state.placed:
@@ -95,9 +94,9 @@ def apply_config(
 
 
 def static_schedule(func: tirx.PrimFunc, hw: HardwareParams | None = None) -> s_tir.Schedule:
-    hw = hw or detect_hardware()
-    stages = analyze(func)
-    return apply_config(func, static_config(func, hw, stages), hw, stages=stages)
+    ctx = _context(func, hw, None)
+    stages = list(ctx.stages.values())
+    return apply_config(func, static_config(func, ctx.hw, stages), ctx.hw, stages=stages)
 
 
 def trace_json(sch: s_tir.Schedule) -> dict[str, Any]:

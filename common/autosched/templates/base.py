@@ -46,6 +46,17 @@ class MetaTemplate(ABC):
     def static_values(self, stage: StageInfo, ctx: TemplateContext) -> dict[str, KnobValue]:
         """Heuristic knob values from the hardware parameters alone (no measurement)."""
 
+    def inline(
+        self,
+        sch: s_tir.Schedule,
+        stage: StageInfo,
+        values: dict[str, KnobValue],
+        state: ApplyState,
+    ) -> None:
+        """First pass, before any ``apply``: inline the stage if its knobs say so.
+        Most meta-templates never inline."""
+        return None
+
     @abstractmethod
     def apply(
         self,

@@ -34,6 +34,12 @@ def _tile_name(stage: StageInfo, axis: int) -> str:
     return f"tile_{stage.iter_kinds[axis].lower()}{axis}"
 
 
+def _tile_knob(stage: StageInfo, axis: int) -> TileKnob:
+    levels = SPATIAL_LEVELS if stage.iter_kinds[axis] == "S" else REDUCTION_LEVELS
+    extent = stage.extents[axis]
+    return TileKnob(_tile_name(stage, axis), extent, levels, tile_candidates(extent))
+
+
 def _epilogue_possible(stage: StageInfo, ctx: TemplateContext) -> bool:
     consumers = [ctx.stages[c] for c in stage.consumers if c in ctx.stages]
     return len(consumers) == 1 and "R" not in consumers[0].iter_kinds
@@ -45,10 +51,8 @@ class ComplexReduction(MetaTemplate):
 
     def knobs(self, stage: StageInfo, ctx: TemplateContext) -> list[Knob]:
         knobs: list[Knob] = []
-        for axis, kind in enumerate(stage.iter_kinds):
-            levels = SPATIAL_LEVELS if kind == "S" else REDUCTION_LEVELS
-            extent = stage.extents[axis]
-            knobs.append(TileKnob(_tile_name(stage, axis), extent, levels, tile_candidates(extent)))
+        for axis in range(len(stage.iter_kinds)):
+            knobs.append(_tile_knob(stage, axis))
         knobs += [
             ChoiceKnob("inner_order", INNER_ORDERS),
             ChoiceKnob("unroll", UNROLL_STEPS),
@@ -100,16 +104,12 @@ class ComplexReduction(MetaTemplate):
 
         values: dict[str, KnobValue] = {}
         for axis in spatial:
-            knob = TileKnob(
-                _tile_name(stage, axis), extents[axis], 4, tile_candidates(extents[axis])
-            )
+            knob = _tile_knob(stage, axis)
             values[knob.name] = knob.make(inner[axis])
         # Reduction: keep kernel windows whole and a short contiguous chunk of the rest inside.
         r_budget = 64
         for axis in reversed(stage.reduction_axes):
-            knob = TileKnob(
-                _tile_name(stage, axis), extents[axis], 2, tile_candidates(extents[axis])
-            )
+            knob = _tile_knob(stage, axis)
             r1 = _largest_divisor_at_most(extents[axis], r_budget)
             r_budget = max(1, r_budget // r1)
             values[knob.name] = knob.make([r1])
