@@ -1,0 +1,1 @@
+"""The tuning engine: space generator, search strategy, cost model, builder, runner, records."""
