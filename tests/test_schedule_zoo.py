@@ -72,3 +72,17 @@ def test_tile_values_fit_awkward_extents(hw):
         value = knob.sample(rng)
         knob.validate(value)
         assert value[0] * value[1] * value[2] * value[3] >= 257
+
+
+@pytest.mark.parametrize(
+    "name", ["matmul_awkward", "dense_bias_relu", "conv2d_resnet_c2", "conv2d_bias_relu", "lenet"]
+)
+def test_many_random_configs_apply(name, hw):
+    """Guarded tiles with write caches, epilogues and decomposed inits were once refused by
+    TVM; every config in the domains must now apply (compiling them is the test above)."""
+    func = zoo.prim_func(name)
+    stages = analyze(func)
+    template = build_template(func, hw, stages)
+    rng = random.Random(f"apply-{name}")
+    for _ in range(50):
+        apply_config(func, template.sample(rng), hw, template, stages)

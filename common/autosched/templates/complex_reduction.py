@@ -129,7 +129,7 @@ class ComplexReduction(MetaTemplate):
         writeback = None
         if _will_fuse_epilogue(sch, stage, values, ctx):
             epilogue = sch.get_consumers(block)[0]
-        elif values["write_cache"]:
+        elif values["write_cache"] and not _has_guarded_tile(stage, values):
             # The block now accumulates into a cache buffer; the returned block copies the
             # finished tile out, so it goes where a fused epilogue would.
             epilogue = sch.cache_write(block, 0, "global")
@@ -177,7 +177,9 @@ class ComplexReduction(MetaTemplate):
             sch.reverse_compute_at(epilogue, attach, preserve_unit_loops=True)
             _vectorize_inner(sch, epilogue, ctx.hw.vector_lanes_f32)
             state.placed.add(sch.get(epilogue).name_hint)
-        if r0:
+        # With a guarded tile TVM's decomposition leaves stale block flags (its own debug
+        # verification fails); the init then stays inside the reduction, which is correct.
+        if r0 and not _has_guarded_tile(stage, values):
             sch.decompose_reduction(block, r0[0])
         state.attach_points[stage.name] = [outer, tile_loop]
         state.placed.add(stage.name)
@@ -185,17 +187,22 @@ class ComplexReduction(MetaTemplate):
             state.placed.add(writeback)
 
 
+def _has_guarded_tile(stage: StageInfo, values: dict[str, Any]) -> bool:
+    """A guarded (non-dividing) spatial tile leaves the producer's region smaller than a
+    consumer loop placed at the tile: TVM refuses both the epilogue fusion and the write-back
+    of a write cache there (region cover), so those stay off for such configs."""
+    return any(
+        stage.extents[axis] % math.prod(values[_tile_name(stage, axis)][1:])
+        for axis in stage.spatial_axes
+    )
+
+
 def _will_fuse_epilogue(
     sch: s_tir.Schedule, stage: StageInfo, values: dict[str, Any], ctx: TemplateContext
 ) -> bool:
     """Fuse the one injective consumer left after inlining (bias, ReLU) into the tile."""
-    if not values.get("fuse_epilogue"):
+    if not values.get("fuse_epilogue") or _has_guarded_tile(stage, values):
         return False
-    # A guarded (non-dividing) tile leaves the producer's region smaller than the consumer's
-    # loop: TVM refuses the fusion (region cover), so the epilogue stays at root.
-    for axis in stage.spatial_axes:
-        if stage.extents[axis] % math.prod(values[_tile_name(stage, axis)][1:]):
-            return False
     consumers = sch.get_consumers(sch.get_sblock(stage.name))
     if len(consumers) != 1:
         return False
