@@ -125,5 +125,92 @@ def schedule(
         console.print(f"trace written to {trace_out}", style="green")
 
 
+@app.command()
+def tune(
+    workload: WorkloadPath,
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Trial budget (total)")] = 64,
+    records: Annotated[
+        Path | None, typer.Option(help="Records file (default: WORKLOAD.records.jsonl)")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume/--fresh", help="Continue from existing records")
+    ] = True,
+    threads: Annotated[int | None, typer.Option(help="TVM_NUM_THREADS for measurement")] = None,
+    strategy: Annotated[str, typer.Option(help="evolutionary or random")] = "evolutionary",
+    seed: int = 0,
+    config_out: Annotated[Path | None, typer.Option(help="Best config JSON path")] = None,
+) -> None:
+    """Tune a workload: build and measure candidates, print progress and the best config."""
+    import math
+    import os
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from autosched.hardware import detect_hardware
+    from autosched.tune.database import JSONDatabase
+    from autosched.tune.tune import tune as run_tune
+
+    if strategy not in ("evolutionary", "random"):
+        console.print(f"[red]error:[/red] unknown strategy {strategy!r}")
+        raise typer.Exit(2)
+    if threads:
+        os.environ["TVM_NUM_THREADS"] = str(threads)
+    wl = _load(workload)
+    records = records or workload.with_suffix(".records.jsonl")
+    if not resume and records.exists():
+        records.unlink()
+    hw = detect_hardware(num_cores=threads) if threads else detect_hardware()
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("best {task.fields[gflops]:.1f} GFLOP/s  errors {task.fields[errors]}"),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(wl.name, total=trials, gflops=0.0, errors=0)
+
+        def on_batch(p) -> None:
+            bar.update(
+                task, completed=p.trials_done, gflops=p.best_gflops, errors=sum(p.errors.values())
+            )
+
+        result = run_tune(
+            wl,
+            trials,
+            hw=hw,
+            strategy=strategy,  # type: ignore[arg-type]
+            database=JSONDatabase(records),
+            seed=seed,
+            on_batch=on_batch,
+        )
+    statuses: dict[str, int] = {}
+    for r in result.history:
+        statuses[str(r.result.status)] = statuses.get(str(r.result.status), 0) + 1
+    console.print(
+        f"{len(result.history)} trials measured now, {result.resumed_trials} from records; "
+        f"statuses {statuses}"
+    )
+    if result.best_config is None or not math.isfinite(result.best_latency):
+        console.print("[red]no verified config[/red]")
+        raise typer.Exit(1)
+    from autosched.analysis import flops
+
+    gflops = flops(wl.prim_func) / result.best_latency / 1e9
+    console.print(f"best: {result.best_latency * 1e3:.4f} ms ({gflops:.1f} GFLOP/s), verified")
+    out = config_out or workload.with_suffix(".best.json")
+    out.write_text(
+        json.dumps(
+            {
+                "workload_key": result.workload_key,
+                "target": result.target,
+                "latency": result.best_latency,
+                "config": result.best_config.to_json(),
+            },
+            indent=1,
+        )
+    )
+    console.print(f"best config written to {out}", style="green")
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,149 @@
+"""``LocalBuilder``: compile a batch of candidates in a pool of sandbox worker processes.
+
+Each worker is a persistent child (``autosched.tune.runner.sandbox``) that imports TVM once
+and then builds one candidate per request: validate the config against the workload's
+template, ``apply_config``, ``tvm.compile``, ``export_library``. A worker that hangs past
+``timeout_s`` is killed (BUILD_TIMEOUT); one that crashes is replaced (BUILD_ERROR with the
+exit signal); a Python error is a BUILD_ERROR with its message. The caller never sees an
+exception for a bad candidate. MetaSchedule and ``tvm.s_tir.tensor_intrin`` are never
+imported here (~30 s per process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from autosched.tune.builder.builder import Builder
+from autosched.tune.measure import BuildResult, MeasureInput, TrialStatus
+
+BUILD_HANDLER = "autosched.tune.builder.local_builder:handle"
+
+
+def artifact_name(workload_key: str, config: dict[str, Any]) -> str:
+    """``<workload key>-<sha1 of the config's canonical JSON>.so``."""
+    digest = hashlib.sha1(
+        json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    return f"{workload_key}-{digest}.so"
+
+
+class LocalBuilder(Builder):
+    def __init__(
+        self,
+        work_dir: str | os.PathLike[str],
+        max_workers: int | None = None,
+        timeout_s: float = 30.0,
+        *,
+        rlimit_as_bytes: int | None = None,
+        max_uses: int | None = 200,
+    ) -> None:
+        self.work_dir = os.fspath(work_dir)
+        os.makedirs(self.work_dir, exist_ok=True)
+        self.max_workers = max(1, max_workers or os.cpu_count() or 1)
+        self.timeout_s = timeout_s
+        self.rlimit_as_bytes = rlimit_as_bytes
+        self.max_uses = max_uses
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _new_worker(self) -> Any:
+        from autosched.tune.runner.sandbox import SandboxWorker
+
+        w = SandboxWorker(
+            BUILD_HANDLER, max_uses=self.max_uses, rlimit_as_bytes=self.rlimit_as_bytes
+        )
+        with self._lock:
+            self._all.append(w)
+        return w
+
+    def _acquire(self) -> Any:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return self._new_worker()
+
+    def _build_one(self, inp: MeasureInput) -> BuildResult:
+        from autosched.tune.runner.sandbox import SandboxTimeout
+
+        request = {
+            "workload": inp.workload,
+            "config": inp.config,
+            "hardware": inp.hardware,
+            "work_dir": self.work_dir,
+        }
+        worker = self._acquire()
+        t0 = time.perf_counter()
+        try:
+            reply = worker.call(request, self.timeout_s)
+        except SandboxTimeout as e:
+            return BuildResult(None, TrialStatus.BUILD_TIMEOUT, str(e), time.perf_counter() - t0)
+        except Exception as e:  # crash, failed start, anything on our side
+            return BuildResult(
+                None, TrialStatus.BUILD_ERROR, f"{type(e).__name__}: {e}", time.perf_counter() - t0
+            )
+        finally:
+            self._idle.put(worker)
+        secs = float(reply.get("secs", time.perf_counter() - t0))
+        if reply.get("ok"):
+            return BuildResult(reply["path"], TrialStatus.OK, None, secs)
+        return BuildResult(None, TrialStatus.BUILD_ERROR, str(reply.get("error")), secs)
+
+    def build(self, inputs: list[MeasureInput]) -> list[BuildResult]:
+        if not inputs:
+            return []
+        n = min(self.max_workers, len(inputs))
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            return list(pool.map(self._build_one, inputs))
+
+    def close(self) -> None:
+        with self._lock:
+            workers, self._all = self._all, []
+        for w in workers:
+            with contextlib.suppress(Exception):
+                w.close()
+        self._idle = queue.SimpleQueue()
+
+
+# -- child side (runs inside the sandbox worker) -------------------------------------------
+def warmup() -> None:
+    import tvm  # noqa: F401
+
+    import autosched.schedule
+    import autosched.wire  # noqa: F401
+
+
+def handle(req: dict[str, Any]) -> dict[str, Any]:
+    import tvm
+
+    from autosched.analysis import analyze
+    from autosched.hardware import HardwareParams, cpu_target
+    from autosched.schedule import apply_config, build_template
+    from autosched.space import Config
+    from autosched.wire import Workload
+
+    t0 = time.perf_counter()
+    wl = Workload.from_json(req["workload"])
+    hw = HardwareParams.from_json(req["hardware"])
+    config = Config.from_json(req["config"])
+    stages = analyze(wl.prim_func)
+    template = build_template(wl.prim_func, hw, stages)
+    sch = apply_config(wl.prim_func, config, hw, template=template, stages=stages)
+    ex = tvm.compile(sch.mod, target=cpu_target(hw))
+    path = os.path.join(req["work_dir"], artifact_name(wl.key, req["config"]))
+    tmp = f"{path}.tmp{os.getpid()}.so"
+    try:
+        ex.export_library(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    return {"ok": True, "path": path, "secs": time.perf_counter() - t0}

@@ -1,0 +1,167 @@
+"""``LocalRunner``: check and time candidates one at a time in a sandbox subprocess.
+
+A single persistent sandbox child (``autosched.tune.runner.sandbox``) loads each artifact
+with ``tvm.runtime.load_module``, calls it once on deterministic inputs (uniform -1..1 for
+float parameters, from ``seed``), compares the outputs with the reference, and times it with
+``time_evaluator`` (cache flush between calls). The child is killed and replaced after any
+failure, so a candidate that hangs (RUN_TIMEOUT), crashes (RUN_ERROR with the exit signal)
+or raises (RUN_ERROR with the message) cannot affect the next one. Wrong outputs are
+WRONG_ANSWER with the max abs/rel error.
+
+The reference is the unscheduled PrimFunc built with plain ``tvm.compile``, computed once
+per (workload key, seed) in a sandbox as well, and cached as ``.npy`` files in ``work_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from typing import Any
+
+from autosched.tune.measure import RunResult, TrialStatus
+from autosched.tune.runner.runner import Runner, RunnerInput
+
+
+class LocalRunner(Runner):
+    def __init__(
+        self,
+        work_dir: str | os.PathLike[str],
+        timeout_s: float = 10.0,
+        number: int = 1,
+        repeat: int = 3,
+        min_repeat_ms: int = 10,
+        enable_cpu_cache_flush: bool = True,
+        rtol: float = 1e-4,
+        atol: float = 1e-4,
+        seed: int = 0,
+        *,
+        reference_timeout_s: float = 120.0,
+        rlimit_as_bytes: int | None = 8 << 30,
+        max_uses: int | None = 100,
+    ) -> None:
+        self.work_dir = os.fspath(work_dir)
+        os.makedirs(self.work_dir, exist_ok=True)
+        self.timeout_s = timeout_s
+        self.number = number
+        self.repeat = repeat
+        self.min_repeat_ms = min_repeat_ms
+        self.enable_cpu_cache_flush = enable_cpu_cache_flush
+        self.rtol = rtol
+        self.atol = atol
+        self.seed = seed
+        self.reference_timeout_s = reference_timeout_s
+        self.rlimit_as_bytes = rlimit_as_bytes
+        self.max_uses = max_uses
+        self._worker: Any = None
+        # canonical workload JSON -> (key, reference paths) or the reference's error
+        self._refs: dict[str, tuple[str, list[str]] | str] = {}
+        self.reference_computations = 0  # sandbox calls that computed a reference
+
+    # -- workers ---------------------------------------------------------------------------
+    def _call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        from autosched.tune.runner.sandbox import RUN_HANDLER, SandboxWorker
+
+        if self._worker is None:
+            self._worker = SandboxWorker(
+                RUN_HANDLER, max_uses=self.max_uses, rlimit_as_bytes=self.rlimit_as_bytes
+            )
+        try:
+            reply = self._worker.call(request, timeout_s)
+        except Exception:
+            self._worker.close()  # the worker already closed itself; be sure
+            raise
+        if not reply.get("ok"):
+            self._worker.close()  # recycle after any failure
+        return reply
+
+    def close(self) -> None:
+        if self._worker is not None:
+            with contextlib.suppress(Exception):
+                self._worker.close()
+            self._worker = None
+
+    # -- reference -------------------------------------------------------------------------
+    def _workload_key(self, workload: dict[str, Any]) -> tuple[str, int]:
+        from tvm import te
+
+        from autosched.wire import Workload
+
+        wl = Workload.from_json(workload)
+        n_out = sum(not isinstance(t.op, te.PlaceholderOp) for t in wl.tensors)
+        return wl.key, n_out
+
+    def reference_paths(self, key: str, n_outputs: int) -> list[str]:
+        return [
+            os.path.join(self.work_dir, f"ref-{key}-seed{self.seed}-out{i}.npy")
+            for i in range(n_outputs)
+        ]
+
+    def _reference(self, workload: dict[str, Any]) -> tuple[str, list[str]] | str:
+        """(key, .npy paths) of the reference outputs, or an error message."""
+        canon = json.dumps(workload, sort_keys=True)
+        cached = self._refs.get(canon)
+        if cached is not None:
+            return cached
+        try:
+            key, n_out = self._workload_key(workload)
+        except Exception as e:
+            result: tuple[str, list[str]] | str = f"invalid workload: {type(e).__name__}: {e}"
+            self._refs[canon] = result
+            return result
+        paths = self.reference_paths(key, n_out)
+        if all(os.path.exists(p) for p in paths):
+            result = (key, paths)
+        else:
+            request = {
+                "op": "reference",
+                "workload": workload,
+                "seed": self.seed,
+                "paths": paths,
+            }
+            self.reference_computations += 1
+            try:
+                reply = self._call(request, self.reference_timeout_s)
+            except Exception as e:
+                reply = {"ok": False, "error": str(e)}
+            result = (key, paths) if reply.get("ok") else f"reference failed: {reply.get('error')}"
+        self._refs[canon] = result
+        return result
+
+    # -- running ---------------------------------------------------------------------------
+    def _run_one(self, inp: RunnerInput) -> RunResult:
+        from autosched.tune.runner.sandbox import SandboxTimeout
+
+        ref = self._reference(inp.workload)
+        if isinstance(ref, str):
+            return RunResult(TrialStatus.RUN_ERROR, (), ref)
+        _, paths = ref
+        request = {
+            "op": "run",
+            "artifact_path": os.path.abspath(inp.artifact_path),
+            "workload": inp.workload,
+            "reference_paths": paths,
+            "seed": self.seed,
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "number": self.number,
+            "repeat": self.repeat,
+            "min_repeat_ms": self.min_repeat_ms,
+            "cache_flush": self.enable_cpu_cache_flush,
+        }
+        t0 = time.perf_counter()
+        try:
+            reply = self._call(request, self.timeout_s)
+        except SandboxTimeout as e:
+            return RunResult(TrialStatus.RUN_TIMEOUT, (), str(e), time.perf_counter() - t0)
+        except Exception as e:
+            return RunResult(TrialStatus.RUN_ERROR, (), str(e), time.perf_counter() - t0)
+        secs = time.perf_counter() - t0
+        if reply.get("ok"):
+            return RunResult(TrialStatus.OK, tuple(reply["latencies"]), None, secs)
+        status = TrialStatus.WRONG_ANSWER if reply.get("wrong_answer") else TrialStatus.RUN_ERROR
+        return RunResult(status, (), str(reply.get("error")), secs)
+
+    def run(self, inputs: list[RunnerInput]) -> list[RunResult]:
+        return [self._run_one(inp) for inp in inputs]

@@ -1,0 +1,184 @@
+"""tune(): the composition root of the tuning pipeline.
+
+space generator → search strategy (asks the cost model) → measurer (builder + runner) →
+records → cost model update → next batch. Earlier records of the same workload and target
+count toward the budget and warm-start the cost model, so a resumed run re-measures nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from autosched.hardware import HardwareParams, detect_hardware
+from autosched.space import Config
+from autosched.tune.database import Database, MemoryDatabase, TrialRecord
+from autosched.tune.measure import MeasureInput, TrialStatus
+from autosched.tune.measurer import LocalMeasurer, Measurer
+from autosched.tune.search_strategy import EvolutionarySearch, RandomSearch, SearchStrategy
+from autosched.tune.space_generator import MetaTemplateSpace, SpaceGenerator
+from autosched.wire import Workload
+
+StrategyName = Literal["evolutionary", "random"]
+
+
+def target_key(hw: HardwareParams) -> str:
+    """Records are shared between machines with the same key (same code generation)."""
+    return f"{hw.kind}/{hw.mcpu}/{hw.num_cores}c/{hw.vector_bits}b"
+
+
+@dataclass(frozen=True)
+class Progress:
+    trials_done: int
+    trials_total: int
+    best_latency: float  # seconds, inf while nothing verified
+    errors: dict[str, int]  # failed trials by status
+    flops: float
+
+    @property
+    def best_gflops(self) -> float:
+        return self.flops / self.best_latency / 1e9 if math.isfinite(self.best_latency) else 0.0
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    workload_key: str
+    target: str
+    best_config: Config | None  # fastest trial whose output matched the reference
+    best_latency: float
+    history: list[TrialRecord] = field(repr=False)  # this run's trials, in order
+    resumed_trials: int = 0  # trials found in the records before this run
+
+
+def _make_strategy(
+    name: StrategyName, template, cost_model, seed: int, initial: list[Config]
+) -> SearchStrategy:
+    if name == "random":
+        return RandomSearch(template, seed)
+    return EvolutionarySearch(template, cost_model, seed, initial=initial)
+
+
+class TuningTask:
+    """One workload's tuning state: advanced a batch at a time by ``tune`` or by the task
+    scheduler, which interleaves several tasks under one budget."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        *,
+        hw: HardwareParams,
+        strategy: StrategyName = "evolutionary",
+        database: Database | None = None,
+        measurer: Measurer | None = None,
+        cost_model=None,
+        space: SpaceGenerator | None = None,
+        seed: int = 0,
+        work_dir: str | None = None,
+    ) -> None:
+        from autosched.analysis import flops
+        from autosched.tune.cost_model import XGBModel
+
+        self.workload = workload
+        self.hw = hw
+        self.target = target_key(hw)
+        space = space or MetaTemplateSpace()
+        self.template = space.generate(workload, hw)
+        self.database = database if database is not None else MemoryDatabase()
+        self.cost_model = cost_model if cost_model is not None else XGBModel(seed=seed)
+        previous = self.database.records(workload.key, self.target)
+        if previous:  # warm start: the model learns from earlier runs before proposing
+            self.cost_model.update(
+                self.template, [r.config for r in previous], [r.result.latency for r in previous]
+            )
+        self.search = _make_strategy(
+            strategy, self.template, self.cost_model, seed, space.initial_configs(workload, hw)
+        )
+        self.search.pre_tuning(previous)
+        if measurer is None:
+            measurer = LocalMeasurer.create(work_dir or tempfile.mkdtemp(prefix="autosched-"))
+        self.measurer = measurer
+        self.resumed_trials = len(previous)
+        self.trials_done = len(previous)
+        self.history: list[TrialRecord] = []
+        self.errors: dict[str, int] = {}
+        self.flops = flops(workload.prim_func)
+        self.exhausted = False
+        self._docs = (workload.to_json(), hw.to_json())
+
+    @property
+    def best(self) -> TrialRecord | None:
+        return self.database.best(self.workload.key, self.target)
+
+    @property
+    def best_latency(self) -> float:
+        best = self.best
+        return best.result.latency if best else math.inf
+
+    def step(self, n: int) -> int:
+        """Measure up to ``n`` new configs; returns how many were measured."""
+        configs = self.search.generate(n)
+        if not configs:
+            self.exhausted = True
+            return 0
+        inputs = [MeasureInput(self._docs[0], c.to_json(), self._docs[1]) for c in configs]
+        results = self.measurer.measure(inputs)
+        for config, result in zip(configs, results, strict=True):
+            record = TrialRecord(self.workload.key, self.target, config, result)
+            self.database.commit(record)
+            self.history.append(record)
+            if result.status != TrialStatus.OK:
+                self.errors[str(result.status)] = self.errors.get(str(result.status), 0) + 1
+        self.search.notify(configs, results)
+        self.cost_model.update(self.template, configs, [r.latency for r in results])
+        self.trials_done += len(configs)
+        return len(configs)
+
+    def progress(self, total: int) -> Progress:
+        return Progress(self.trials_done, total, self.best_latency, dict(self.errors), self.flops)
+
+    def result(self) -> TuneResult:
+        best = self.best
+        return TuneResult(
+            self.workload.key,
+            self.target,
+            best.config if best else None,
+            best.result.latency if best else math.inf,
+            list(self.history),
+            self.resumed_trials,
+        )
+
+
+def tune(
+    workload: Workload,
+    trials: int,
+    *,
+    hw: HardwareParams | None = None,
+    strategy: StrategyName = "evolutionary",
+    batch_size: int = 16,
+    database: Database | None = None,
+    measurer: Measurer | None = None,
+    cost_model=None,
+    space: SpaceGenerator | None = None,
+    seed: int = 0,
+    work_dir: str | None = None,
+    on_batch: Callable[[Progress], None] | None = None,
+) -> TuneResult:
+    """Tune ``workload`` until ``trials`` trials (including earlier records) are measured."""
+    task = TuningTask(
+        workload,
+        hw=hw or detect_hardware(),
+        strategy=strategy,
+        database=database,
+        measurer=measurer,
+        cost_model=cost_model,
+        space=space,
+        seed=seed,
+        work_dir=work_dir,
+    )
+    while task.trials_done < trials and not task.exhausted:
+        if task.step(min(batch_size, trials - task.trials_done)) and on_batch is not None:
+            on_batch(task.progress(trials))
+    return task.result()

@@ -1,0 +1,114 @@
+"""Search with a replay measurer (fake hardware): determinism, resume, failures as data."""
+
+import math
+
+import pytest
+
+from autosched import zoo
+from autosched.hardware import HardwareParams
+from autosched.space import Config
+from autosched.tune.database import JSONDatabase, MemoryDatabase, config_digest
+from autosched.tune.measure import MeasureResult, TrialStatus
+from autosched.tune.measurer import ReplayMeasurer
+from autosched.tune.tune import tune
+from autosched.wire import Workload
+
+# Fixed hardware: the search space must not depend on the machine running the tests.
+HW = HardwareParams(
+    num_cores=2, vector_bits=256, l1_bytes=32768, l2_bytes=524288, l3_bytes=8 << 20, mcpu="znver3"
+)
+
+
+@pytest.fixture(scope="module")
+def matmul() -> Workload:
+    return Workload.from_tensors(zoo.tensors("matmul_512"), "matmul_512")
+
+
+def synthetic_latency(config: Config) -> MeasureResult:
+    """An analytic 'machine': smooth in the knobs, with failures and a fast wrong answer."""
+    c = config.values["C"]
+    i, j = c["tile_s0"], c["tile_s1"]
+    cost = (
+        1.0
+        + abs(math.log2(j[3]) - 3)
+        + abs(math.log2(i[2]) - 2)
+        + 0.3 * abs(math.log2(j[1] * j[3]) - 6)
+    )
+    cost += 0.5 * (c["inner_order"] != "r1_s2_s3") + 0.4 * (not c["pack"])
+    if c["unroll"] == 512 and c["write_level"] == 0:
+        return MeasureResult(TrialStatus.RUN_TIMEOUT, math.inf, "synthetic hang")
+    if c["unroll"] == 16 and not c["write_cache"]:
+        # Deliberately broken: the fastest of all, but its output is wrong.
+        return MeasureResult(TrialStatus.WRONG_ANSWER, math.inf, "synthetic mismatch")
+    return MeasureResult(TrialStatus.OK, cost * 1e-3, latencies=(cost * 1e-3,))
+
+
+def _run(workload, trials, seed=0, strategy="evolutionary", database=None):
+    measurer = ReplayMeasurer(fallback=synthetic_latency)
+    result = tune(
+        workload,
+        trials,
+        hw=HW,
+        strategy=strategy,
+        batch_size=8,
+        database=database if database is not None else MemoryDatabase(),
+        measurer=measurer,
+        seed=seed,
+    )
+    return result, measurer
+
+
+@pytest.mark.parametrize("strategy", ["evolutionary", "random"])
+def test_search_is_deterministic_under_a_seed(matmul, strategy):
+    first, _ = _run(matmul, 32, seed=3, strategy=strategy)
+    second, _ = _run(matmul, 32, seed=3, strategy=strategy)
+    assert [r.digest for r in first.history] == [r.digest for r in second.history]
+    other, _ = _run(matmul, 32, seed=4, strategy=strategy)
+    assert [r.digest for r in other.history] != [r.digest for r in first.history]
+
+
+def test_never_measures_the_same_config_twice(matmul):
+    result, measurer = _run(matmul, 64)
+    assert len(measurer.calls) == 64 == len(set(measurer.calls))
+    assert len(result.history) == 64
+
+
+def test_failures_are_data_and_wrong_answers_never_win(matmul):
+    result, _ = _run(matmul, 64, seed=1)
+    statuses = {r.result.status for r in result.history}
+    assert TrialStatus.WRONG_ANSWER in statuses  # the broken configs were proposed...
+    best_digest = config_digest(result.best_config)
+    best = next(r for r in result.history if r.digest == best_digest)
+    assert best.result.status == TrialStatus.OK  # ...but never chosen
+    assert math.isfinite(result.best_latency)
+    failed = [r for r in result.history if r.result.status != TrialStatus.OK]
+    assert failed and all(math.isinf(r.result.latency) for r in failed)
+
+
+def test_static_config_is_measured_first(matmul):
+    from autosched.schedule import static_config
+
+    result, _ = _run(matmul, 8)
+    assert result.history[0].config == static_config(matmul.prim_func, HW)
+
+
+def test_evolutionary_beats_random_on_the_synthetic_machine(matmul):
+    seeds = range(3)
+    evo = [_run(matmul, 64, seed=s)[0].best_latency for s in seeds]
+    rnd = [_run(matmul, 64, seed=s, strategy="random")[0].best_latency for s in seeds]
+    assert sum(evo) < sum(rnd)
+
+
+def test_resume_re_measures_nothing(matmul, tmp_path):
+    path = tmp_path / "records.jsonl"
+    first, m1 = _run(matmul, 24, database=JSONDatabase(path))
+    assert len(m1.calls) == 24
+
+    again, m2 = _run(matmul, 24, database=JSONDatabase(path))
+    assert m2.calls == [] and again.resumed_trials == 24
+    assert again.best_latency == first.best_latency
+
+    more, m3 = _run(matmul, 40, database=JSONDatabase(path))
+    assert len(m3.calls) == 16
+    assert not set(m3.calls) & set(m1.calls)
+    assert len(JSONDatabase(path).records(matmul.key, more.target)) == 40
