@@ -178,6 +178,8 @@ def tune(
         seed=seed,
         work_dir=work_dir,
     )
+    if on_batch is not None:  # resumed trials show up before the first new batch
+        on_batch(task.progress(trials))
     while task.trials_done < trials and not task.exhausted:
         if task.step(min(batch_size, trials - task.trials_done)) and on_batch is not None:
             on_batch(task.progress(trials))
