@@ -55,3 +55,21 @@ def test_bad_input_is_a_clear_error(tmp_path):
     result = _autosched("analyze", str(bad), cwd=tmp_path)
     assert result.returncode == 2
     assert "error" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_tune_then_resume(tmp_path):
+    path = tmp_path / "rs.json"
+    assert _autosched("export", "row_sum", "-o", str(path), cwd=tmp_path).returncode == 0
+    first = _autosched("tune", str(path), "--trials", "6", "--threads", "2", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "6 trials measured now, 0 from records" in first.stdout
+    assert "verified" in first.stdout
+    best = json.loads((tmp_path / "rs.best.json").read_text())
+    assert best["latency"] > 0 and "row_sum" in best["config"]["stages"]
+    lines = (tmp_path / "rs.records.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+
+    again = _autosched("tune", str(path), "--trials", "6", cwd=tmp_path)
+    assert again.returncode == 0
+    assert "0 trials measured now, 6 from records" in again.stdout
+    assert len((tmp_path / "rs.records.jsonl").read_text().splitlines()) == 6
