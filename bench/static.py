@@ -78,6 +78,9 @@ class Result:
     numpy_s: float | None = None
     torch_s: float | None = None
     schedule_s: float | None = None  # static_schedule + tvm.compile wall time
+    tuned_s: float | None = None  # best tuned config (run with --tune N)
+    tune_wall_s: float | None = None
+    tuned_check: str = "-"
     check: str = "-"  # ok / FAIL / ERROR / -
     error: str = ""
     max_abs_err: float | None = None
@@ -98,6 +101,12 @@ class Result:
         # baseline_time / static_time: > 1 means the static schedule is faster.
         if self.baseline_s and self.static_s:
             return self.baseline_s / self.static_s
+        return None
+
+    @property
+    def tuned_vs_baseline(self) -> float | None:
+        if self.baseline_s and self.tuned_s:
+            return self.baseline_s / self.tuned_s
         return None
 
     @property
@@ -209,6 +218,7 @@ def bench_kernel(
     seed: int,
     static_schedule: Callable[..., Any],
     stat: str = "median",
+    tune_trials: int = 0,
 ) -> Result:
     entry = zoo.get(name)
     func = zoo.prim_func(name)
@@ -251,6 +261,8 @@ def bench_kernel(
         console.print(f"[red]ERROR[/] {name}: static schedule/build failed")
         console.print(traceback.format_exc(), markup=False, highlight=False)
 
+    tuned = _tune(name, func, hw, target, tune_trials, inputs, out_specs, reference, res)
+
     res.naive_s = bl.time_tvm(
         naive, inputs, out_specs, number=1, repeat=plan.naive_repeat, min_repeat_ms=0, stat=stat
     )
@@ -259,6 +271,8 @@ def bench_kernel(
     kw = {"repeat": plan.repeat, "min_repeat_ms": plan.min_repeat_ms}
     if static is not None:
         timers["static"] = lambda: bl.tvm_samples(static, inputs, out_specs, number=1, **kw)
+    if tuned is not None:
+        timers["tuned"] = lambda: bl.tvm_samples(tuned, inputs, out_specs, number=1, **kw)
     np_fn = bl.numpy_fn(name)
     if np_fn is not None:
         timers["numpy"] = lambda: bl.numpy_samples(np_fn, inputs, **kw)
@@ -267,9 +281,41 @@ def bench_kernel(
         timers["torch"] = lambda: bl.torch_samples(t_fn, inputs, **kw)
     medians = _interleaved(timers, plan.rounds, stat)
     res.static_s = medians.get("static")
+    res.tuned_s = medians.get("tuned")
     res.numpy_s = medians.get("numpy")
     res.torch_s = medians.get("torch")
     return res
+
+
+def _tune(name, func, hw, target, trials, inputs, out_specs, reference, res: Result) -> Any:
+    """Tune with autosched's engine (sandboxed build + measure, fresh records), rebuild the
+    best verified config here and check it again against the naive output."""
+    if trials <= 0:
+        return None
+    import tempfile
+
+    from autosched.schedule import apply_config
+    from autosched.tune.tune import tune
+    from autosched.wire import Workload
+
+    workload = Workload.from_tensors(zoo.tensors(name), name)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="autosched-bench-") as work_dir:
+        result = tune(workload, trials, hw=hw, work_dir=work_dir)
+    res.tune_wall_s = time.perf_counter() - t0
+    if result.best_config is None:
+        res.tuned_check = "ERROR"
+        return None
+    tuned = tvm.compile(apply_config(func, result.best_config, hw).mod, target=target)
+    (got,) = bl.run_tvm(tuned, inputs, out_specs)
+    try:
+        bl.assert_close(got, reference, name)
+    except AssertionError:
+        res.tuned_check = "FAIL"
+        console.print(f"[red]FAIL[/] {name}: tuned output differs from naive")
+        return None
+    res.tuned_check = "ok"
+    return tuned
 
 
 def _ms(s: float | None) -> str:
@@ -281,7 +327,8 @@ def _x(v: float | None) -> str:
 
 
 def print_table(results: list[Result], stat: str) -> None:
-    t = Table(title=f"autosched static schedules vs naive TVM, numpy and PyTorch ({stat}s)")
+    what = "static and tuned" if any(r.tuned_s for r in results) else "static"
+    t = Table(title=f"autosched {what} schedules vs naive TVM, numpy and PyTorch ({stat}s)")
     t.add_column("kernel")
     t.add_column("stages")
     t.add_column("check")
@@ -289,14 +336,28 @@ def print_table(results: list[Result], stat: str) -> None:
     t.add_column("naive ms", justify="right")
     t.add_column("static ms", justify="right")
     t.add_column("vs naive", justify="right")
+    tuned = any(r.tuned_s for r in results)
+    if tuned:
+        t.add_column("tuned ms", justify="right")
+        t.add_column("tuned vs static", justify="right")
     t.add_column("numpy ms", justify="right")
     t.add_column("torch ms", justify="right")
     t.add_column("baseline/static", justify="right")
+    if tuned:
+        t.add_column("baseline/tuned", justify="right")
     for r in results:
         check = {"ok": "[green]ok[/]", "FAIL": "[red]FAIL[/]", "ERROR": "[red]ERROR[/]"}.get(
             r.check, r.check
         )
         base = " np" if bl.is_matmul_like(r.kernel) else " pt"
+        tuned_cells = []
+        if tuned:
+            ratio = r.static_s / r.tuned_s if r.static_s and r.tuned_s else None
+            tuned_cells = [_ms(r.tuned_s), _x(ratio)]
+        tail = []
+        if tuned:
+            v = r.tuned_vs_baseline
+            tail = ["-" if v is None else f"{v:.2f}{base}"]
         t.add_row(
             r.kernel,
             r.templates,
@@ -305,9 +366,11 @@ def print_table(results: list[Result], stat: str) -> None:
             _ms(r.naive_s),
             _ms(r.static_s),
             _x(r.speedup),
+            *tuned_cells,
             _ms(r.numpy_s),
             _ms(r.torch_s),
             "-" if r.vs_baseline is None else f"{r.vs_baseline:.2f}{base}",
+            *tail,
         )
     console.print(t)
     console.print(
@@ -346,6 +409,12 @@ def print_headlines(results: list[Result]) -> None:
             f"lenet static vs PyTorch: static/torch time = {shown} "
             f"(target ≤ {LENET_TARGET}) {verdict(ok)}"
         )
+        if r.tuned_s and r.torch_s:
+            ratio = r.tuned_s / r.torch_s
+            console.print(
+                f"lenet tuned vs PyTorch: tuned/torch time = {ratio:.2f} (target < 1) "
+                f"{verdict(ratio < 1)}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=["median", "min"],
         default="median",
         help="how to reduce the timing samples (min is less sensitive to other load)",
+    )
+    ap.add_argument(
+        "--tune", type=int, default=0, metavar="N", help="also tune each kernel with N trials"
     )
     args = ap.parse_args(argv)
 
@@ -393,10 +465,11 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         t0 = time.perf_counter()
         with console.status(f"benchmarking {n} ..."):
-            r = bench_kernel(n, hw, target, plan, args.seed, static_schedule, args.stat)
+            r = bench_kernel(n, hw, target, plan, args.seed, static_schedule, args.stat, args.tune)
         results.append(r)
         console.print(
             f"{n}: check {r.check}, naive {_ms(r.naive_s)} ms, static {_ms(r.static_s)} ms, "
+            f"tuned {_ms(r.tuned_s)} ms ({r.tuned_check}, tuning {r.tune_wall_s or 0:.1f} s), "
             f"numpy {_ms(r.numpy_s)} ms, torch {_ms(r.torch_s)} ms "
             f"(schedule+compile {_ms(r.schedule_s)} ms; {time.perf_counter() - t0:.1f} s)",
             highlight=False,
@@ -423,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.json.write_text(json.dumps(doc, indent=2))
 
-    failed = [r.kernel for r in results if r.check in ("FAIL", "ERROR")]
+    failed = [r.kernel for r in results if "FAIL" in (r.check, r.tuned_check) or r.check == "ERROR"]
     if failed:
         console.print(f"[red]numerical check failed for: {', '.join(failed)}[/]")
         return 1
