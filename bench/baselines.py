@@ -507,3 +507,25 @@ def tolerance(name: str, expected: np.ndarray) -> tuple[float, float]:
 def assert_close(actual: np.ndarray, expected: np.ndarray, name: str) -> None:
     rtol, atol = tolerance(name, expected)
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=name)
+
+
+# Pause before each contender's samples. Three thread pools (TVM's, OpenBLAS's, torch's
+# OpenMP) share the cores, and each keeps spinning for a while after its last call: timed
+# right after TVM and numpy, torch's matmul_512 measured 2.5-8.8 ms instead of 1.25 ms. A
+# 0.2 s pause lets the spinners go to sleep (measured: back to 1.22-1.27 ms).
+SETTLE_S = 0.2
+
+
+def interleaved(
+    fns: dict[str, Callable[[], list[float]]], rounds: int, stat: Stat = "median"
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Run each sampler once per round, in alternating order, after a settle pause; return
+    each contender's reduced time and all its samples. Interleaving makes a burst of outside
+    load hit every contender alike instead of one."""
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(rounds):
+        order = list(fns) if i % 2 == 0 else list(reversed(fns))
+        for k in order:
+            time.sleep(SETTLE_S)
+            samples[k].extend(fns[k]())
+    return {k: summarize(v, stat) for k, v in samples.items()}, samples

@@ -198,18 +198,6 @@ def _warn_if_busy(cores: int, after: bool = False) -> None:
         )
 
 
-def _interleaved(fns: dict[str, Any], rounds: int, stat: str) -> dict[str, float]:
-    """Run each sampler once per round, interleaved, and reduce all its samples.
-
-    Interleaving makes a burst of outside load hit every contender alike instead of one.
-    """
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            samples[k].extend(fn())
-    return {k: bl.summarize(v, stat) for k, v in samples.items()}
-
-
 def bench_kernel(
     name: str,
     hw: Any,
@@ -279,7 +267,7 @@ def bench_kernel(
     if _torch_available():
         t_fn = bl.torch_fn(name)
         timers["torch"] = lambda: bl.torch_samples(t_fn, inputs, **kw)
-    medians = _interleaved(timers, plan.rounds, stat)
+    medians, _ = bl.interleaved(timers, plan.rounds, stat)
     res.static_s = medians.get("static")
     res.tuned_s = medians.get("tuned")
     res.numpy_s = medians.get("numpy")
