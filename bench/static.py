@@ -32,7 +32,6 @@ os.environ.setdefault(
 
 import argparse
 import json
-import platform
 import time
 import traceback
 from collections.abc import Callable
@@ -52,6 +51,7 @@ from autosched import zoo
 from autosched.analysis import analyze
 from autosched.hardware import cpu_target, detect_hardware
 from bench import baselines as bl
+from bench import env as benv
 
 # Piped output (CI logs, `| tee`) would otherwise be cut to 80 columns and truncate the table.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -129,75 +129,6 @@ class Plan:
         return cls(1, 2, 3, 20) if quick else cls(3, 3, 5, 50)
 
 
-def _torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def environment(hw: Any, target: tvm.target.Target) -> dict[str, str]:
-    env = {
-        "TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS", "?"),
-        "cpu": _cpu_model(),
-        "hardware": ", ".join(f"{k}={v}" for k, v in asdict(hw).items()),
-        "target": str(target),
-        "tvm": tvm.__version__,
-        "python": platform.python_version(),
-        "numpy": f"{np.__version__} ({_numpy_blas()})",
-        "load average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
-    if _torch_available():
-        import torch
-
-        env["torch"] = f"{torch.__version__} ({torch.get_num_threads()} threads)"
-    else:
-        env["torch"] = "not installed (pip install torch==2.13.0): torch columns empty"
-    return env
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
-def _numpy_blas() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-
-        infos = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-        if infos:
-            i = infos[0]
-            return f"{i.get('internal_api')} {i.get('version')}, {i.get('num_threads')} threads"
-    except ImportError:
-        pass
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        return f"{blas.get('name')} {blas.get('version')}"
-    except Exception:  # numpy's config layout is not a stable API; this is cosmetic
-        return "unknown BLAS"
-
-
-def _warn_if_busy(cores: int, after: bool = False) -> None:
-    """Other processes on the 2 cores inflate every timing (seen: BLAS 0.16 ms -> 15 ms)."""
-    load1 = os.getloadavg()[0]
-    # Our own run adds ~1-2 to the load average by the end, so the bar is higher afterwards.
-    limit = cores + 0.5 if after else 0.5
-    if load1 > limit:
-        console.print(
-            f"[yellow]warning[/]: 1-minute load average {load1:.2f} "
-            f"{'at the end' if after else 'before starting'} on {cores} cores: other processes "
-            "compete for the CPU and the timings are unreliable"
-        )
-
-
 def bench_kernel(
     name: str,
     hw: Any,
@@ -264,7 +195,7 @@ def bench_kernel(
     np_fn = bl.numpy_fn(name)
     if np_fn is not None:
         timers["numpy"] = lambda: bl.numpy_samples(np_fn, inputs, **kw)
-    if _torch_available():
+    if benv.torch_available():
         t_fn = bl.torch_fn(name)
         timers["torch"] = lambda: bl.torch_samples(t_fn, inputs, **kw)
     medians, _ = bl.interleaved(timers, plan.rounds, stat)
@@ -439,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     target = cpu_target(hw)
     plan = Plan.make(args.quick)
 
-    env = environment(hw, target)
+    env = benv.environment(hw, target)
     for k, v in env.items():
         console.print(f"[bold]{k}[/]: {v}", highlight=False)
     if env["TVM_NUM_THREADS"] != str(hw.num_cores):
@@ -448,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{hw.num_cores} physical cores detected"
         )
 
-    _warn_if_busy(hw.num_cores)
+    benv.warn_if_busy(hw.num_cores)
     results: list[Result] = []
     for n in names:
         t0 = time.perf_counter()
@@ -465,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print_table(results, args.stat)
     print_headlines(results)
-    _warn_if_busy(hw.num_cores, after=True)
+    benv.warn_if_busy(hw.num_cores, after=True)
 
     if args.json:
         doc = {

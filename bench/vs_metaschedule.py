@@ -45,7 +45,6 @@ import argparse
 import json
 import logging
 import math
-import platform
 import tempfile
 import time
 import traceback
@@ -64,6 +63,7 @@ from rich.table import Table
 from autosched import zoo
 from autosched.hardware import cpu_target, detect_hardware
 from bench import baselines as bl
+from bench import env as benv
 
 console = Console(width=None if sys.stdout.isatty() else 180)
 
@@ -486,33 +486,6 @@ def bench_lenet(
 # --------------------------------------------------------------------------------------
 
 
-def _torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def environment(hw: Any, target: tvm.target.Target) -> dict[str, str]:
-    env = {
-        "TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS", "?"),
-        "hardware": ", ".join(f"{k}={v}" for k, v in asdict(hw).items()),
-        "target": str(target),
-        "tvm": tvm.__version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "load average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
-    if _torch_available():
-        import torch
-
-        env["torch"] = f"{torch.__version__} ({torch.get_num_threads()} threads)"
-    else:
-        env["torch"] = "not installed: torch columns empty"
-    return env
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kernels", help=f"comma-separated zoo names (default: {DEFAULT_KERNELS})")
@@ -551,8 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     hw = detect_hardware()
     target = cpu_target(hw)
     plan = Plan.make(args.quick)
-    torch_ok = _torch_available()
-    env = environment(hw, target)
+    torch_ok = benv.torch_available()
+    env = benv.environment(hw, target)
     for k, v in env.items():
         console.print(f"[bold]{k}[/]: {v}", highlight=False)
     if os.getloadavg()[0] > 0.5:
