@@ -97,6 +97,8 @@ class TuningTask:
             strategy, self.template, self.cost_model, seed, space.initial_configs(workload, hw)
         )
         self.search.pre_tuning(previous)
+        #: a measurer this task created (and so must close): sandbox processes are not free
+        self._owns_measurer = measurer is None
         if measurer is None:
             measurer = LocalMeasurer.create(work_dir or tempfile.mkdtemp(prefix="autosched-"))
         self.measurer = measurer
@@ -135,6 +137,10 @@ class TuningTask:
         self.cost_model.update(self.template, configs, [r.latency for r in results])
         self.trials_done += len(configs)
         return len(configs)
+
+    def close(self) -> None:
+        if self._owns_measurer:
+            self.measurer.close()
 
     def progress(self, total: int) -> Progress:
         return Progress(self.trials_done, total, self.best_latency, dict(self.errors), self.flops)
@@ -178,9 +184,12 @@ def tune(
         seed=seed,
         work_dir=work_dir,
     )
-    if on_batch is not None:  # resumed trials show up before the first new batch
-        on_batch(task.progress(trials))
-    while task.trials_done < trials and not task.exhausted:
-        if task.step(min(batch_size, trials - task.trials_done)) and on_batch is not None:
+    try:
+        if on_batch is not None:  # resumed trials show up before the first new batch
             on_batch(task.progress(trials))
-    return task.result()
+        while task.trials_done < trials and not task.exhausted:
+            if task.step(min(batch_size, trials - task.trials_done)) and on_batch is not None:
+                on_batch(task.progress(trials))
+        return task.result()
+    finally:
+        task.close()

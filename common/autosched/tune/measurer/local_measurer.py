@@ -22,3 +22,7 @@ class LocalMeasurer(Measurer):
         from autosched.tune.measure_candidates import measure
 
         return measure(self.builder, self.runner, inputs)
+
+    def close(self) -> None:
+        self.builder.close()
+        self.runner.close()

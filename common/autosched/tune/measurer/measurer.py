@@ -11,3 +11,7 @@ class Measurer(ABC):
     @abstractmethod
     def measure(self, inputs: list[MeasureInput]) -> list[MeasureResult]:
         """One result per input, in order; failures are results, never exceptions."""
+
+    def close(self) -> None:
+        """Release worker processes, if any."""
+        return None
