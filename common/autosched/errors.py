@@ -33,3 +33,26 @@ class ScheduleError(AutoschedError):
 
 class UnknownWorkloadError(AutoschedError):
     """A zoo workload name that does not exist."""
+
+
+# Service errors: the API maps each to one HTTP status (services/api), the client maps back.
+
+
+class NotFoundError(AutoschedError):
+    """A job, workload, worker or schedule that does not exist (HTTP 404)."""
+
+
+class ConflictError(AutoschedError):
+    """The request is valid but the state forbids it, e.g. cancelling a finished job (409)."""
+
+
+class InvalidRequestError(AutoschedError):
+    """A request that parsed but makes no sense, e.g. a target no worker serves (422)."""
+
+
+class AuthenticationError(AutoschedError):
+    """No token, or a token that is unknown or revoked (HTTP 401)."""
+
+
+class PermissionDeniedError(AutoschedError):
+    """A valid token without the scope the operation needs (HTTP 403)."""

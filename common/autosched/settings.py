@@ -1,10 +1,16 @@
-"""The one settings object (environment variables prefixed ``AUTOSCHED_``)."""
+"""The one settings object (environment variables prefixed ``AUTOSCHED_``).
+
+``DATABASE_URL`` and ``REDIS_URL`` are also read without the prefix, the names every
+PostgreSQL/Redis deployment already sets. With neither set, the service runs embedded: a
+SQLite file and a SQLite-backed Celery broker under ``data_dir``.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +31,56 @@ class Settings(BaseSettings):
     max_tensor_bytes: int = 4 * 1024**3
     max_total_bytes: int = 16 * 1024**3
     max_json_bytes: int = 4 * 1024**2
+
+    # Service: where state lives. Unset URLs mean the embedded default under data_dir.
+    data_dir: Path = Path(".autosched")
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("AUTOSCHED_DATABASE_URL", "DATABASE_URL")
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("AUTOSCHED_REDIS_URL", "REDIS_URL")
+    )
+
+    # API server, and where clients and workers find it.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_url: str = "http://127.0.0.1:8000"
+    # A client's bearer token (the CLI's submit/fetch commands send it).
+    api_token: SecretStr | None = None
+    # Operators may let anyone read published schedules (the TopHub use case).
+    anonymous_reads: bool = True
+    # Off only for a trusted single-user machine: every write then needs no token.
+    auth_required: bool = True
+
+    # Device farm: a worker heartbeats every interval; one silent for timeout is offline
+    # and its in-flight trials go back to the queue.
+    device_key: str | None = None  # a worker's queue; None derives it from the hardware
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    # Scheduler: measure batches in flight per device key (fair sharing between jobs).
+    batches_in_flight_per_device: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    # A dispatched trial nobody finished after this long is sent again (idempotent).
+    trial_redispatch_s: float = Field(default=600.0, gt=0)
+
+    log_json: bool = False
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'autosched.db').resolve()}"
+
+    @property
+    def broker_url(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        # kombu's SQLAlchemy transport: a broker with no server, for the embedded default.
+        return f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url
 
 
 @lru_cache(maxsize=1)

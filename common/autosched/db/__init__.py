@@ -1,0 +1,43 @@
+"""The service's database: models, sessions, migrations."""
+
+from autosched.db.models import (
+    ApiToken,
+    Base,
+    BestConfig,
+    Job,
+    JobState,
+    JobWorkload,
+    TemplateRow,
+    Trial,
+    TrialState,
+    Worker,
+    WorkerState,
+    WorkloadRow,
+)
+from autosched.db.session import (
+    engine_for,
+    get_engine,
+    session_factory,
+    session_scope,
+    upgrade_database,
+)
+
+__all__ = [
+    "ApiToken",
+    "Base",
+    "BestConfig",
+    "Job",
+    "JobState",
+    "JobWorkload",
+    "TemplateRow",
+    "Trial",
+    "TrialState",
+    "Worker",
+    "WorkerState",
+    "WorkloadRow",
+    "engine_for",
+    "get_engine",
+    "session_factory",
+    "session_scope",
+    "upgrade_database",
+]

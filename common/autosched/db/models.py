@@ -1,0 +1,212 @@
+"""SQLAlchemy 2 models: the service's state (PostgreSQL when distributed, SQLite embedded).
+
+JSON columns hold the same documents the library already round-trips (wire-format workloads,
+``Config.to_json()``, ``Template.to_json()``, ``HardwareParams.to_json()``), never pickles.
+Alembic migrations in ``migrations/`` create these tables; keep both in step.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on both backends (SQLite would hand back naive datetimes)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"  # waiting for the scheduler (or for a worker of its device key)
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class TrialState(StrEnum):
+    QUEUED = "queued"  # row written, measure task sent to the device queue
+    RUNNING = "running"  # a worker claimed it
+    DONE = "done"  # result recorded (status says whether it succeeded)
+    CANCELLED = "cancelled"  # its job was cancelled before a worker measured it
+
+
+class WorkerState(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class WorkloadRow(Base):
+    """A compute declaration, stored once per workload key."""
+
+    __tablename__ = "workloads"
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    wire: Mapped[dict[str, Any]] = mapped_column(JSON)  # the wire-format document
+    flops: Mapped[float] = mapped_column(Float, default=0.0)
+    analysis: Mapped[list[Any]] = mapped_column(JSON)  # per-stage meta-template, in order
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class TemplateRow(Base):
+    """A workload's serializable search space for one target (knobs depend on hardware)."""
+
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("workload_key", "target_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workload_key: Mapped[str] = mapped_column(ForeignKey("workloads.key"), index=True)
+    target_key: Mapped[str] = mapped_column(String(120))
+    template: Mapped[dict[str, Any]] = mapped_column(JSON)  # Template.to_json()
+    hardware: Mapped[dict[str, Any]] = mapped_column(JSON)  # HardwareParams.to_json()
+    static_config: Mapped[dict[str, Any]] = mapped_column(JSON)  # Config.to_json()
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED, index=True)
+    device_key: Mapped[str] = mapped_column(String(120), index=True)
+    # Filled when the scheduler resolves the device's hardware (records are keyed by it).
+    target_key: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    strategy: Mapped[str] = mapped_column(String(16))  # static | random | evolutionary
+    trials_per_workload: Mapped[int] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Which scheduler process runs the job, and until when its claim holds: a job whose
+    # lease lapsed (scheduler killed) is picked up again and resumes from its trials.
+    scheduler_id: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    workloads: Mapped[list[JobWorkload]] = relationship(
+        back_populates="job", order_by="JobWorkload.position", cascade="all, delete-orphan"
+    )
+
+
+class JobWorkload(Base):
+    """One workload of a job (a job may tune several under one budget)."""
+
+    __tablename__ = "job_workloads"
+    __table_args__ = (UniqueConstraint("job_id", "workload_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    workload_key: Mapped[str] = mapped_column(ForeignKey("workloads.key"))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    weight: Mapped[float] = mapped_column(Float, default=1.0)
+    # Latency of the static schedule, measured first: the "speedup over static" baseline.
+    static_latency: Mapped[float | None] = mapped_column(Float, nullable=True)
+    job: Mapped[Job] = relationship(back_populates="workloads")
+
+
+class Trial(Base):
+    """One measured (or to-be-measured) config. Written by the scheduler before dispatch;
+    the worker fills the result once (a redelivered task finds it done and stores nothing)."""
+
+    __tablename__ = "trials"
+    __table_args__ = (UniqueConstraint("job_id", "workload_key", "config_digest"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    workload_key: Mapped[str] = mapped_column(ForeignKey("workloads.key"), index=True)
+    target_key: Mapped[str] = mapped_column(String(120), index=True)
+    device_key: Mapped[str] = mapped_column(String(120), index=True)
+    config_digest: Mapped[str] = mapped_column(String(40))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=TrialState.QUEUED, index=True)
+    status: Mapped[str | None] = mapped_column(String(16), nullable=True)  # TrialStatus
+    latency: Mapped[float | None] = mapped_column(Float, nullable=True)  # seconds; None = inf
+    latencies: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    build_secs: Mapped[float | None] = mapped_column(Float, nullable=True)
+    run_secs: Mapped[float | None] = mapped_column(Float, nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    dispatch_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class BestConfig(Base):
+    """The fastest *verified* trial of a workload on a target: what clients fetch."""
+
+    __tablename__ = "best_configs"
+    workload_key: Mapped[str] = mapped_column(ForeignKey("workloads.key"), primary_key=True)
+    target_key: Mapped[str] = mapped_column(String(120), primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id"))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    trace: Mapped[dict[str, Any]] = mapped_column(JSON)  # schedule.trace_json(...)
+    latency: Mapped[float] = mapped_column(Float)
+    gflops: Mapped[float] = mapped_column(Float)
+    worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    device_key: Mapped[str] = mapped_column(String(120))
+    tvm_version: Mapped[str] = mapped_column(String(40))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid:uuid
+    device_key: Mapped[str] = mapped_column(String(120), index=True)
+    target_key: Mapped[str] = mapped_column(String(120))
+    target: Mapped[dict[str, Any]] = mapped_column(JSON)  # TVM target as JSON
+    hardware: Mapped[dict[str, Any]] = mapped_column(JSON)  # HardwareParams.to_json()
+    hostname: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16), default=WorkerState.ONLINE, index=True)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_heartbeat: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token, stored only as its SHA-256 (tokens are 256 random bits, so a plain
+    hash is enough; there is nothing to brute-force)."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[Any]] = mapped_column(JSON)  # subset of submit, worker, admin
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -1,0 +1,41 @@
+"""Alembic environment: the URL comes from the caller (``upgrade_database``) or settings."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import pool
+
+from autosched.db.models import Base
+from autosched.db.session import make_engine
+from autosched.settings import get_settings
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _url() -> str:
+    return config.get_main_option("sqlalchemy.url") or get_settings().resolved_database_url
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine = make_engine(_url(), poolclass=pool.NullPool)  # one-shot: release the connection
+    with engine.connect() as connection:
+        # render_as_batch: SQLite can only ALTER tables by copying them.
+        context.configure(
+            connection=connection, target_metadata=target_metadata, render_as_batch=True
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
