@@ -17,7 +17,9 @@ Scope = Literal["submit", "worker", "admin"]
 class StageView(BaseModel):
     name: str
     meta_template: str  # direct_compute | simple_reduction | complex_reduction | location_tunable
-    inlined: bool = False
+    reason: str  # why the analysis chose that meta-template
+    iter_kinds: str  # one letter per block iter: S spatial, R reduction, O other
+    extents: list[int]
 
 
 class WorkloadView(BaseModel):
@@ -106,6 +108,7 @@ class ScheduleView(BaseModel):
     source: Literal["tuned", "static"]  # static: nothing tuned yet, computed from hardware
     config: dict[str, Any]
     template: dict[str, Any]
+    hardware: dict[str, Any]  # HardwareParams.to_json() the config was made for
     trace: dict[str, Any]
     latency: float | None  # measured (tuned only)
     gflops: float | None
