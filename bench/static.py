@@ -138,6 +138,7 @@ def bench_kernel(
     static_schedule: Callable[..., Any],
     stat: str = "median",
     tune_trials: int = 0,
+    tuned_by_service: dict[str, Any] | None = None,
 ) -> Result:
     entry = zoo.get(name)
     func = zoo.prim_func(name)
@@ -180,7 +181,11 @@ def bench_kernel(
         console.print(f"[red]ERROR[/] {name}: static schedule/build failed")
         console.print(traceback.format_exc(), markup=False, highlight=False)
 
-    tuned = _tune(name, func, hw, target, tune_trials, inputs, out_specs, reference, res)
+    if tuned_by_service is not None:
+        config, res.tune_wall_s = tuned_by_service.get(name, (None, None))
+    else:
+        config = _tune(name, hw, tune_trials, res)
+    tuned = _build_tuned(name, func, hw, target, config, inputs, out_specs, reference, res)
 
     res.naive_s = bl.time_tvm(
         naive, inputs, out_specs, number=1, repeat=plan.naive_repeat, min_repeat_ms=0, stat=stat
@@ -206,14 +211,13 @@ def bench_kernel(
     return res
 
 
-def _tune(name, func, hw, target, trials, inputs, out_specs, reference, res: Result) -> Any:
-    """Tune with autosched's engine (sandboxed build + measure, fresh records), rebuild the
-    best verified config here and check it again against the naive output."""
+def _tune(name: str, hw: Any, trials: int, res: Result) -> Any:
+    """Tune in this process with autosched's engine (sandboxed build + measure, fresh
+    records); returns the best verified config or None."""
     if trials <= 0:
         return None
     import tempfile
 
-    from autosched.schedule import apply_config
     from autosched.tune.tune import tune
     from autosched.wire import Workload
 
@@ -224,8 +228,16 @@ def _tune(name, func, hw, target, trials, inputs, out_specs, reference, res: Res
     res.tune_wall_s = time.perf_counter() - t0
     if result.best_config is None:
         res.tuned_check = "ERROR"
+    return result.best_config
+
+
+def _build_tuned(name, func, hw, target, config, inputs, out_specs, reference, res: Result) -> Any:
+    """Rebuild the best tuned config here and check it again against the naive output."""
+    if config is None:
         return None
-    tuned = tvm.compile(apply_config(func, result.best_config, hw).mod, target=target)
+    from autosched.schedule import apply_config
+
+    tuned = tvm.compile(apply_config(func, config, hw).mod, target=target)
     (got,) = bl.run_tvm(tuned, inputs, out_specs)
     try:
         bl.assert_close(got, reference, name)
@@ -351,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--tune", type=int, default=0, metavar="N", help="also tune each kernel with N trials"
     )
+    ap.add_argument(
+        "--service",
+        metavar="URL",
+        help="tune through a running autosched service (REST API + workers) instead of "
+        "in this process: submit every kernel, watch the jobs, fetch the tuned schedules",
+    )
     args = ap.parse_args(argv)
 
     names = zoo.names() if not args.kernels else [k.strip() for k in args.kernels.split(",")]
@@ -379,12 +397,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{hw.num_cores} physical cores detected"
         )
 
+    tuned_by_service = None
+    if args.service and args.tune > 0:
+        from bench.via_service import tune_through_service
+
+        # All tuning happens before any timing here, so the worker never competes with it.
+        tuned_by_service = tune_through_service(args.service, names, args.tune, console)
+
     benv.warn_if_busy(hw.num_cores)
     results: list[Result] = []
     for n in names:
         t0 = time.perf_counter()
         with console.status(f"benchmarking {n} ..."):
-            r = bench_kernel(n, hw, target, plan, args.seed, static_schedule, args.stat, args.tune)
+            r = bench_kernel(
+                n, hw, target, plan, args.seed, static_schedule, args.stat, args.tune,
+                tuned_by_service,
+            )  # fmt: skip
         results.append(r)
         console.print(
             f"{n}: check {r.check}, naive {_ms(r.naive_s)} ms, static {_ms(r.static_s)} ms, "

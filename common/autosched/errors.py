@@ -56,3 +56,63 @@ class AuthenticationError(AutoschedError):
 
 class PermissionDeniedError(AutoschedError):
     """A valid token without the scope the operation needs (HTTP 403)."""
+
+
+class ApiError(AutoschedError):
+    """The API answered with an error status; ``status_code`` is None when it never answered.
+
+    ``detail`` is the server's own message. ``ApiError.from_status`` picks a subclass that is
+    also the matching service error above, so a caller catches ``NotFoundError`` alike from
+    the service layer in-process and from the API over HTTP.
+    """
+
+    def __init__(self, status_code: int | None, detail: str) -> None:
+        self.status_code = status_code
+        self.detail = detail
+        super().__init__(f"{detail} (HTTP {status_code})" if status_code else detail)
+
+    @staticmethod
+    def from_status(status_code: int | None, detail: str) -> ApiError:
+        return _API_ERRORS.get(status_code, ApiError)(status_code, detail)
+
+
+class ApiNotFoundError(ApiError, NotFoundError):
+    """404."""
+
+
+class ApiConflictError(ApiError, ConflictError):
+    """409."""
+
+
+class ApiInvalidRequestError(ApiError, InvalidRequestError):
+    """400 or 422 (a body FastAPI refused, or one the service found meaningless)."""
+
+
+class ApiAuthenticationError(ApiError, AuthenticationError):
+    """401."""
+
+
+class ApiPermissionDeniedError(ApiError, PermissionDeniedError):
+    """403."""
+
+
+_API_ERRORS: dict[int | None, type[ApiError]] = {
+    400: ApiInvalidRequestError,
+    401: ApiAuthenticationError,
+    403: ApiPermissionDeniedError,
+    404: ApiNotFoundError,
+    409: ApiConflictError,
+    422: ApiInvalidRequestError,
+}
+
+
+# Control flow of the scheduler: raised while a job waits on its trials, caught by the job
+# runner (never shown to a client as an error).
+
+
+class JobCancelled(AutoschedError):
+    """The job's ``cancel_requested`` flag was set while it ran."""
+
+
+class JobInterrupted(AutoschedError):
+    """The scheduler is stopping, or lost the job's lease: leave the job to be resumed."""

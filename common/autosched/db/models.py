@@ -176,7 +176,7 @@ class BestConfig(Base):
     target_key: Mapped[str] = mapped_column(String(120), primary_key=True)
     trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id"))
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
-    trace: Mapped[dict[str, Any]] = mapped_column(JSON)  # schedule.trace_json(...)
+    trace: Mapped[list[Any]] = mapped_column(JSON)  # schedule.trace_json(...)
     latency: Mapped[float] = mapped_column(Float)
     gflops: Mapped[float] = mapped_column(Float)
     worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)

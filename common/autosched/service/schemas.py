@@ -109,7 +109,7 @@ class ScheduleView(BaseModel):
     config: dict[str, Any]
     template: dict[str, Any]
     hardware: dict[str, Any]  # HardwareParams.to_json() the config was made for
-    trace: dict[str, Any]
+    trace: list[Any]  # TVM trace JSON (schedule.trace_json): [instructions, decisions]
     latency: float | None  # measured (tuned only)
     gflops: float | None
     worker_id: str | None

@@ -1,0 +1,276 @@
+"""Jobs: submitted here, run by the scheduler, and summarised from their trial rows.
+
+Views are computed from a handful of aggregate queries (grouped by job and workload), so
+listing many jobs with many trials costs the same few round trips as showing one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, case, func, select, update
+from sqlalchemy.orm import Session
+
+from autosched.db.models import (
+    TERMINAL_JOB_STATES,
+    Job,
+    JobState,
+    JobWorkload,
+    Trial,
+    TrialState,
+    Worker,
+    WorkerState,
+    WorkloadRow,
+    utcnow,
+)
+from autosched.errors import ConflictError, InvalidRequestError, NotFoundError
+from autosched.hardware import HardwareParams
+from autosched.service.schemas import CurvePoint, JobCreate, JobDetail, JobView, JobWorkloadView
+from autosched.service.workloads import register_workload
+from autosched.tune.measure import TrialStatus
+
+
+def create_job(session: Session, req: JobCreate, host_hw: HardwareParams) -> JobView:
+    """Queue a job. Wire documents are validated and stored first (WireFormatError → 422)."""
+    keys: list[str] = []
+    for doc in req.workloads:
+        keys.append(register_workload(session, doc, host_hw).key)
+    for key in req.workload_keys:
+        if session.get(WorkloadRow, key) is None:
+            raise InvalidRequestError(f"no workload with key {key!r}; submit it first")
+        keys.append(key)
+    keys = list(dict.fromkeys(keys))  # one JobWorkload per workload, first position wins
+
+    device_key, target_key = req.device_key, None
+    if device_key is None:
+        assert req.target is not None  # JobCreate guarantees one of the two
+        device_key = _device_for_target(session, req.target)
+        target_key = req.target
+
+    job = Job(
+        state=JobState.QUEUED,
+        device_key=device_key,
+        target_key=target_key,
+        strategy=req.strategy,
+        trials_per_workload=req.trials,
+        priority=req.priority,
+        seed=req.seed,
+    )
+    job.workloads = [JobWorkload(workload_key=k, position=i) for i, k in enumerate(keys)]
+    session.add(job)
+    session.flush()
+    return _views(session, [job])[0]
+
+
+def _device_for_target(session: Session, target: str) -> str:
+    """The device key of an online worker compiling for ``target`` (the freshest one)."""
+    device_key = session.scalars(
+        select(Worker.device_key)
+        .where(Worker.state == WorkerState.ONLINE, Worker.target_key == target)
+        .order_by(Worker.last_heartbeat.desc())
+        .limit(1)
+    ).first()
+    if device_key is None:
+        raise InvalidRequestError(f"no online worker serves target {target!r}")
+    return device_key
+
+
+def list_jobs(session: Session, state: str | None = None, limit: int = 100) -> list[JobView]:
+    """Newest first."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if state is not None:
+        query = query.where(Job.state == state)
+    return _views(session, list(session.scalars(query)))
+
+
+def get_job(session: Session, job_id: int) -> JobDetail:
+    job = _get(session, job_id)
+    view = _views(session, [job])[0]
+    return JobDetail(**view.model_dump(), curve=_curve(session, job_id))
+
+
+def cancel_job(session: Session, job_id: int) -> JobView:
+    """A queued job is cancelled at once; a running one is flagged for its scheduler.
+
+    Both are conditional updates, so a scheduler claiming the job at the same moment either
+    sees it cancelled or finds ``cancel_requested`` set. Queued trials are cancelled right
+    away so workers skip them.
+    """
+    job = _get(session, job_id)
+    if job.state in TERMINAL_JOB_STATES:
+        raise ConflictError(f"job {job_id} is already {job.state}")
+    cancelled = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.QUEUED)
+        .values(state=JobState.CANCELLED, finished_at=utcnow(), updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not cancelled:
+        flagged = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING)
+            .values(cancel_requested=True, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if not flagged:  # finished between our read and the update
+            session.refresh(job)
+            raise ConflictError(f"job {job_id} is already {job.state}")
+    session.execute(
+        update(Trial)
+        .where(Trial.job_id == job_id, Trial.state == TrialState.QUEUED)
+        .values(state=TrialState.CANCELLED)
+        .execution_options(synchronize_session=False)
+    )
+    session.flush()
+    session.refresh(job)
+    return _views(session, [job])[0]
+
+
+def _get(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFoundError(f"no job with id {job_id}")
+    return job
+
+
+@dataclass
+class _WorkloadStats:
+    key: str
+    name: str
+    flops: float
+    static_latency: float | None
+    done: int = 0
+    best: float | None = None
+
+
+def _gflops(flops: float, latency: float | None) -> float | None:
+    return flops / latency / 1e9 if latency else None
+
+
+def _views(session: Session, jobs: Sequence[Job]) -> list[JobView]:
+    """Views of ``jobs`` from three grouped queries, whatever the number of jobs or trials."""
+    if not jobs:
+        return []
+    ids = [j.id for j in jobs]
+    per_job: dict[int, list[_WorkloadStats]] = defaultdict(list)
+    by_key: dict[tuple[int, str], _WorkloadStats] = {}
+    rows = session.execute(
+        select(
+            JobWorkload.job_id,
+            JobWorkload.workload_key,
+            WorkloadRow.name,
+            WorkloadRow.flops,
+            JobWorkload.static_latency,
+        )
+        .join(WorkloadRow, WorkloadRow.key == JobWorkload.workload_key)
+        .where(JobWorkload.job_id.in_(ids))
+        .order_by(JobWorkload.job_id, JobWorkload.position, JobWorkload.id)
+    )
+    for job_id, key, name, flops, static_latency in rows:
+        stats = _WorkloadStats(key, name, flops or 0.0, static_latency)
+        per_job[job_id].append(stats)
+        by_key[(job_id, key)] = stats
+
+    ok_latency = case(
+        (and_(Trial.status == TrialStatus.OK, Trial.latency.is_not(None)), Trial.latency)
+    )
+    done_trials = and_(Trial.job_id.in_(ids), Trial.state == TrialState.DONE)
+    done_per_job: dict[int, int] = defaultdict(int)
+    for job_id, key, done, best in session.execute(
+        select(Trial.job_id, Trial.workload_key, func.count(), func.min(ok_latency))
+        .where(done_trials)
+        .group_by(Trial.job_id, Trial.workload_key)
+    ):
+        done_per_job[job_id] += done
+        stats = by_key.get((job_id, key))
+        if stats is not None:
+            stats.done, stats.best = done, best
+
+    errors: dict[int, dict[str, int]] = defaultdict(dict)
+    for job_id, status, count in session.execute(
+        select(Trial.job_id, Trial.status, func.count())
+        .where(done_trials, Trial.status != TrialStatus.OK)
+        .group_by(Trial.job_id, Trial.status)
+    ):
+        errors[job_id][status] = count
+
+    return [_job_view(job, per_job[job.id], done_per_job[job.id], errors[job.id]) for job in jobs]
+
+
+def _job_view(
+    job: Job, workloads: list[_WorkloadStats], done: int, errors: dict[str, int]
+) -> JobView:
+    per_workload = 1 if job.strategy == "static" else job.trials_per_workload
+    bests = [w.best for w in workloads]
+    best_latency = (
+        sum(b for b in bests if b is not None)
+        if workloads and all(b is not None for b in bests)
+        else None
+    )
+    return JobView(
+        id=job.id,
+        state=job.state,
+        device_key=job.device_key,
+        target_key=job.target_key,
+        strategy=job.strategy,
+        priority=job.priority,
+        trials_total=per_workload * len(workloads),
+        trials_done=done,
+        best_latency=best_latency,
+        best_gflops=_gflops(sum(w.flops for w in workloads), best_latency),
+        errors=errors,
+        workloads=[
+            JobWorkloadView(
+                workload_key=w.key,
+                name=w.name,
+                trials_done=w.done,
+                best_latency=w.best,
+                best_gflops=_gflops(w.flops, w.best),
+                static_latency=w.static_latency,
+                speedup_over_static=(
+                    w.static_latency / w.best if w.static_latency and w.best else None
+                ),
+            )
+            for w in workloads
+        ],
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+def _curve(session: Session, job_id: int) -> list[CurvePoint]:
+    """Done trials in the order they finished, with each workload's best so far."""
+    flops = dict(
+        session.execute(
+            select(WorkloadRow.key, WorkloadRow.flops)
+            .join(JobWorkload, JobWorkload.workload_key == WorkloadRow.key)
+            .where(JobWorkload.job_id == job_id)
+        ).all()
+    )
+    rows = session.execute(
+        select(Trial.workload_key, Trial.status, Trial.latency)
+        .where(Trial.job_id == job_id, Trial.state == TrialState.DONE)
+        .order_by(Trial.finished_at.is_(None), Trial.finished_at, Trial.id)
+    )
+    best: dict[str, float] = {}
+    curve = []
+    for n, (key, status, latency) in enumerate(rows, start=1):
+        ok = status == TrialStatus.OK and latency is not None
+        gflops = _gflops(flops.get(key, 0.0), latency) if ok else None
+        if gflops is not None and gflops > best.get(key, -1.0):
+            best[key] = gflops
+        curve.append(
+            CurvePoint(
+                trial=n,
+                workload_key=key,
+                status=status or "",
+                latency=latency,
+                gflops=gflops,
+                best_gflops=best.get(key),
+            )
+        )
+    return curve

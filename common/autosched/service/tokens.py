@@ -1,0 +1,76 @@
+"""API tokens: bearer secrets shown once, stored only as SHA-256 hex.
+
+A token is 256 random bits, so an unsalted hash is enough (nothing to brute-force) and lets
+a request find its token with one indexed lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from autosched.db.models import ApiToken, utcnow
+from autosched.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from autosched.service.schemas import TokenCreated
+
+SCOPES = ("submit", "worker", "admin")
+TOKEN_PREFIX = "as_"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(session: Session, name: str, scopes: Sequence[str]) -> TokenCreated:
+    """A new token; the plaintext is in the return value and nowhere else."""
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise InvalidRequestError(f"unknown scopes {unknown}; known: {list(SCOPES)}")
+    scopes = list(dict.fromkeys(scopes))
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(name=name, token_hash=hash_token(token), scopes=scopes)
+    session.add(row)
+    session.flush()
+    return TokenCreated(id=row.id, name=row.name, scopes=scopes, token=token)
+
+
+def authenticate(session: Session, token: str | None, scope: str | None) -> ApiToken:
+    """The token's row if it is valid and grants ``scope`` (None: any valid token will do).
+
+    "admin" implies every scope.
+    """
+    if not token:
+        raise AuthenticationError("a bearer token is required")
+    row = session.scalars(
+        select(ApiToken).where(ApiToken.token_hash == hash_token(token))
+    ).one_or_none()
+    if row is None or row.revoked:
+        raise AuthenticationError("unknown or revoked token")
+    if scope is not None and scope not in row.scopes and "admin" not in row.scopes:
+        raise PermissionDeniedError(f"token {row.name!r} lacks the {scope!r} scope")
+    row.last_used_at = utcnow()
+    session.flush()
+    return row
+
+
+def revoke_token(session: Session, token_id: int) -> ApiToken:
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise NotFoundError(f"no token with id {token_id}")
+    row.revoked = True
+    session.flush()
+    return row
+
+
+def list_tokens(session: Session) -> list[ApiToken]:
+    """Every token (hashes only; the plaintexts were never stored)."""
+    return list(session.scalars(select(ApiToken).order_by(ApiToken.id)))

@@ -1,0 +1,1 @@
+"""Service entry points: the REST API (``services.api``); the library lives in ``autosched``."""

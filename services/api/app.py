@@ -1,0 +1,94 @@
+"""The FastAPI application: ``create_app(settings)`` builds one, ``serve()`` runs it.
+
+OpenAPI lives at ``/docs``. Every route is thin: it parses, authorises (``deps``) and calls
+``autosched.service``; errors become HTTP statuses in ``errors`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from autosched.db.session import upgrade_database
+from autosched.settings import Settings, get_settings
+from services.api.deps import ApiState
+from services.api.errors import install_error_handlers
+from services.api.routes import health, jobs, schedules, tokens, workers, workloads
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """An app bound to ``settings`` (default: the environment's), not to global state."""
+    settings = settings or get_settings()
+    state = ApiState.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Migrations first: every service applies them on start (idempotent).
+        await run_in_threadpool(upgrade_database, settings.resolved_database_url)
+        await run_in_threadpool(state.host_hardware)  # detect once, before the first request
+        yield
+
+    app = FastAPI(
+        title="autosched",
+        summary="Distributed auto-scheduling for Apache TVM",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)
+    app.state.api = state
+    install_error_handlers(app)
+    for module in (health, workloads, jobs, schedules, workers, tokens):
+        app.include_router(module.router)
+    return app
+
+
+class BodyLimit:
+    """413 for request bodies over ``max_bytes``, before any JSON parsing: a declared
+    Content-Length is answered without reading a byte, and a streamed body is counted as it
+    arrives (the route's read fails with the 413). Both answer ``{"detail": ...}`` JSON."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        detail = f"request body over max_json_bytes={self.max_bytes}"
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = JSONResponse({"detail": detail}, status_code=413)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(status_code=413, detail=detail)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def serve() -> None:
+    """Run the API with uvicorn on ``api_host:api_port``."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port)
+
+
+if __name__ == "__main__":
+    serve()

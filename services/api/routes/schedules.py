@@ -1,0 +1,35 @@
+"""``/v1/schedules``: what clients build with: the tuned config, or the static one."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from autosched.service import schedules
+from autosched.service.schemas import ErrorBody, ScheduleLookup, ScheduleView
+from services.api.deps import HostHardwareDep, ReadAccess, SessionDep
+
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
+
+
+@router.post(
+    "/lookup",
+    response_model=ScheduleView,
+    dependencies=[ReadAccess],
+    responses={404: {"model": ErrorBody}, 422: {"description": "malformed document"}},
+)
+def lookup_schedule(req: ScheduleLookup, session: SessionDep, hw: HostHardwareDep) -> ScheduleView:
+    """By compute declaration: the server computes the key (and stores a new workload)."""
+    return schedules.lookup_schedule(session, req, hw)
+
+
+@router.get(
+    "/{workload_key}",
+    response_model=ScheduleView,
+    dependencies=[ReadAccess],
+    responses={404: {"model": ErrorBody}},
+)
+def get_schedule(
+    workload_key: str, session: SessionDep, hw: HostHardwareDep, target: str | None = None
+) -> ScheduleView:
+    """``target`` is a target key (``llvm/<mcpu>/<cores>c/<bits>b``); default: the API host's."""
+    return schedules.get_schedule(session, workload_key, target, hw)

@@ -1,0 +1,26 @@
+"""``/v1/tokens``: API tokens (admin only). The plaintext is returned once, never stored."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from autosched.service import tokens
+from autosched.service.schemas import ErrorBody, TokenCreate, TokenCreated
+from services.api.deps import AdminAccess, SessionDep
+
+router = APIRouter(prefix="/v1/tokens", tags=["tokens"], dependencies=[AdminAccess])
+
+
+@router.post("", response_model=TokenCreated, status_code=status.HTTP_201_CREATED)
+def create_token(req: TokenCreate, session: SessionDep) -> TokenCreated:
+    return tokens.create_token(session, req.name, req.scopes)
+
+
+@router.delete(
+    "/{token_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={404: {"model": ErrorBody}},
+)
+def revoke_token(token_id: int, session: SessionDep) -> Response:
+    tokens.revoke_token(session, token_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,116 @@
+"""/v1/schedules: static until tuned, then the best verified config; a fetched config
+applied on the client builds and computes the right answer. PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import tvm
+
+from autosched.db import BestConfig
+from autosched.hardware import HardwareParams, cpu_target
+from autosched.schedule import apply_config, trace_json
+from autosched.space import Config, Template
+from autosched.tune.tune import target_key
+from autosched.wire import Workload
+from tests.api_support import add_trial, api_client, db, host_hardware, matmul, unique_device
+
+
+def test_static_until_tuned(db_url, tmp_path):
+    doc, _ = matmul()
+    key = Workload.from_json(doc).key
+    with api_client(db_url, tmp_path) as client:
+        host_target = target_key(host_hardware(client))
+        assert client.get(f"/v1/schedules/{key}").status_code == 404  # not stored yet
+        client.post("/v1/workloads", json=doc)
+
+        static = client.get(f"/v1/schedules/{key}")
+        assert static.status_code == 200, static.text
+        view = static.json()
+        assert view["source"] == "static" and view["target_key"] == host_target
+        assert view["latency"] is None and view["worker_id"] is None
+        assert view["tvm_version"] == tvm.__version__
+        assert view["hardware"] == host_hardware(client).to_json()
+        Template.from_json(view["template"]).validate(Config.from_json(view["config"]))
+        assert view["trace"]  # the TVM trace of the static schedule
+        assert client.get(f"/v1/schedules/{key}", params={"target": host_target}).json() == view
+
+        unknown = client.get(f"/v1/schedules/{key}", params={"target": "llvm/nowhere/1c/128b"})
+        assert unknown.status_code == 404 and "unknown target" in unknown.json()["detail"]
+
+        # A worker's target: the static schedule for that worker's hardware.
+        device = unique_device()
+        worker_hw = HardwareParams(2, 256, 32768, 524288, 8388608, "haswell")
+        client.post(
+            "/v1/workers/register",
+            json={
+                "worker_id": f"w:{device}",
+                "device_key": device,
+                "target_key": target_key(worker_hw),
+                "target": {"kind": "llvm"},
+                "hardware": worker_hw.to_json(),
+                "hostname": "w",
+            },
+        )
+        remote = client.get(f"/v1/schedules/{key}", params={"target": target_key(worker_hw)})
+        assert remote.status_code == 200, remote.text
+        assert remote.json()["hardware"] == worker_hw.to_json()
+        assert remote.json()["source"] == "static"
+
+        # A tuner records a best config (its own, sampled from the template).
+        template = Template.from_json(view["template"])
+        tuned = template.sample(random.Random(3))
+        workload = Workload.from_json(doc)
+        sch = apply_config(workload.prim_func, tuned, host_hardware(client), template=template)
+        job = client.post("/v1/jobs", json={"workload_keys": [key], "device_key": device})
+        with db(db_url) as session:
+            trial = add_trial(session, job.json()["id"], key, status="ok", latency=2.5e-5)
+            session.add(
+                BestConfig(
+                    workload_key=key,
+                    target_key=host_target,
+                    trial_id=trial.id,
+                    config=tuned.to_json(),
+                    trace=trace_json(sch),
+                    latency=2.5e-5,
+                    gflops=21.0,
+                    worker_id="w:1",
+                    device_key=device,
+                    tvm_version="0.27.0",
+                )
+            )
+        after = client.get(f"/v1/schedules/{key}").json()
+    assert after["source"] == "tuned"
+    assert after["latency"] == pytest.approx(2.5e-5) and after["gflops"] == pytest.approx(21.0)
+    assert after["config"] == tuned.to_json()
+    assert after["worker_id"] == "w:1" and after["device_key"] == device
+    assert after["template"] == view["template"] and after["hardware"] == view["hardware"]
+    assert after["updated_at"] is not None
+
+
+def test_lookup_computes_the_key_and_applies_on_the_client(db_url, tmp_path):
+    doc, salt = matmul()
+    workload = Workload.from_json(doc)
+    with api_client(db_url, tmp_path) as client:
+        response = client.post("/v1/schedules/lookup", json={"workload": doc})
+        assert response.status_code == 200, response.text
+        view = response.json()
+        # Stored by the lookup: a second lookup and a fetch by key agree.
+        assert client.post("/v1/schedules/lookup", json={"workload": doc}).json() == view
+        assert client.get(f"/v1/schedules/{workload.key}").json() == view
+        bad = client.post("/v1/schedules/lookup", json={"workload": {"format_version": 1}})
+        assert bad.status_code == 422 and "path" in bad.json()
+    assert view["workload_key"] == workload.key and view["source"] == "static"
+
+    # What a client does with the answer: apply it to its own PrimFunc, build, compare.
+    hw = HardwareParams.from_json(view["hardware"])
+    sch = apply_config(workload.prim_func, Config.from_json(view["config"]), hw)
+    lib = tvm.compile(sch.mod, target=cpu_target(hw))
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 64), dtype=np.float32)
+    b = rng.standard_normal((64, 64), dtype=np.float32)
+    c = tvm.runtime.tensor(np.zeros((64, 64), np.float32))
+    lib(tvm.runtime.tensor(a), tvm.runtime.tensor(b), c)
+    np.testing.assert_allclose(c.numpy(), (a @ b) * np.float32(salt), rtol=1e-4, atol=1e-4)

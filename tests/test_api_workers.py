@@ -1,0 +1,98 @@
+"""/v1/workers: register, heartbeat, list; silent workers go offline and their claimed
+trials go back to the queue. PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from autosched.db import Trial, TrialState, Worker, WorkerState
+from autosched.db.models import utcnow
+from tests.api_support import add_trial, api_client, db, matmul, unique_device
+
+
+def _registration(device: str, worker_id: str) -> dict:
+    return {
+        "worker_id": worker_id,
+        "device_key": device,
+        "target_key": "llvm/test/1c/256b",
+        "target": {"kind": "llvm", "mcpu": "test"},
+        "hardware": {
+            "num_cores": 1,
+            "vector_bits": 256,
+            "l1_bytes": 32768,
+            "l2_bytes": 524288,
+            "l3_bytes": 8388608,
+            "mcpu": "test",
+        },
+        "hostname": "bench-1",
+    }
+
+
+def test_register_heartbeat_list(db_url, tmp_path):
+    device = unique_device()
+    worker_id = f"bench-1:42:{device}"
+    with api_client(db_url, tmp_path) as client:
+        registered = client.post("/v1/workers/register", json=_registration(device, worker_id))
+        assert registered.status_code == 200, registered.text
+        view = registered.json()
+        assert view["id"] == worker_id and view["state"] == "online"
+        assert view["queue_depth"] == 0 and view["trials_done"] == 0
+
+        job = client.post(
+            "/v1/jobs", json={"workloads": [matmul()[0]], "device_key": device}
+        ).json()
+        key = job["workloads"][0]["workload_key"]
+        with db(db_url) as session:
+            add_trial(session, job["id"], key, state=TrialState.QUEUED, device_key=device)
+            for status in ("ok", "ok", "run_error"):
+                add_trial(session, job["id"], key, status=status, worker_id=worker_id)
+
+        beat = client.post(f"/v1/workers/{worker_id}/heartbeat")
+        assert beat.status_code == 200
+        assert beat.json()["last_heartbeat"] >= view["last_heartbeat"]
+        assert beat.json()["queue_depth"] == 1
+        assert (beat.json()["trials_done"], beat.json()["errors"]) == (3, 1)
+
+        listed = [w for w in client.get("/v1/workers").json() if w["device_key"] == device]
+        assert [w["id"] for w in listed] == [worker_id]
+        assert {k: listed[0][k] for k in ("queue_depth", "trials_done", "errors")} == {
+            k: beat.json()[k] for k in ("queue_depth", "trials_done", "errors")
+        }
+
+        missing = client.post("/v1/workers/nobody:1:x/heartbeat")
+        assert missing.status_code == 404
+        bad = client.post("/v1/workers/register", json={"worker_id": "x"})
+        assert bad.status_code == 422
+
+
+def test_silent_worker_goes_offline_and_its_trials_requeue(db_url, tmp_path):
+    device = unique_device()
+    silent, alive = f"a:1:{device}", f"b:2:{device}"
+    with api_client(db_url, tmp_path, heartbeat_timeout_s=30) as client:
+        for worker_id in (silent, alive):
+            client.post("/v1/workers/register", json=_registration(device, worker_id))
+        job = client.post(
+            "/v1/jobs", json={"workloads": [matmul()[0]], "device_key": device}
+        ).json()
+        key = job["workloads"][0]["workload_key"]
+        with db(db_url) as session:
+            session.get(Worker, silent).last_heartbeat = utcnow() - timedelta(seconds=60)
+            claimed = add_trial(
+                session, job["id"], key, state=TrialState.RUNNING, worker_id=silent
+            ).id
+            other = add_trial(session, job["id"], key, state=TrialState.RUNNING, worker_id=alive).id
+
+        states = {
+            w["id"]: w["state"]
+            for w in client.get("/v1/workers").json()
+            if w["device_key"] == device
+        }
+        assert states == {silent: WorkerState.OFFLINE, alive: WorkerState.ONLINE}
+    with db(db_url) as session:
+        requeued = session.get(Trial, claimed)
+        assert requeued.state == TrialState.QUEUED and requeued.worker_id is None
+        assert session.get(Trial, other).state == TrialState.RUNNING
+
+    # A heartbeat brings it back online.
+    with api_client(db_url, tmp_path) as client:
+        assert client.post(f"/v1/workers/{silent}/heartbeat").json()["state"] == "online"
