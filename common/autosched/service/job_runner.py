@@ -1,0 +1,453 @@
+"""One job's search loop, run by the scheduler in a thread of its own.
+
+Everything a job has done lives in its trial rows, so the loop is resumable: a scheduler
+that picks up a job whose previous scheduler died first waits for the trials that were in
+flight, then lets the search strategy start from the recorded trials (``SQLDatabase``),
+which it never proposes again. The budget counts this job's own done trials per workload;
+each workload's static config is measured first (it counts too, unless an earlier job
+already measured it: a known config is never measured again).
+
+Several workloads share the device round-robin, one batch each per round, because the
+budget is per workload (``trials_per_workload``): the gradient task scheduler would move
+trials between workloads and break that contract.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from math import isfinite
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from autosched.db.models import (
+    TERMINAL_JOB_STATES,
+    Job,
+    JobState,
+    JobWorkload,
+    TemplateRow,
+    Trial,
+    TrialState,
+    WorkloadRow,
+    utcnow,
+)
+from autosched.db.session import session_scope
+from autosched.errors import JobCancelled, JobInterrupted
+from autosched.hardware import HardwareParams
+from autosched.service.dispatch import DeviceGate, DispatchMeasurer
+from autosched.service.farm import online_workers
+from autosched.service.workloads import ensure_template, load_stored
+from autosched.settings import Settings, get_settings
+from autosched.space import Config
+from autosched.tune.database import config_digest
+from autosched.tune.database.sql_database import SQLDatabase, trial_result
+from autosched.tune.measure import MeasureInput, MeasureResult, TrialStatus
+from autosched.wire import Workload
+
+log = logging.getLogger(__name__)
+
+ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+
+class JobLease(threading.Thread):
+    """Renews the job's lease every ``interval_s``; ``lost`` once another scheduler (or a
+    cancel of the queued job) took it away.
+
+    The scheduler uses the farm's heartbeat settings: a lease lasts ``heartbeat_timeout_s``
+    and is renewed every ``heartbeat_interval_s``, so a dead scheduler's jobs are resumed
+    about as soon as a dead worker's trials are re-queued.
+    """
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        job_id: int,
+        scheduler_id: str,
+        ttl_s: float,
+        interval_s: float,
+    ) -> None:
+        super().__init__(name=f"lease-{job_id}", daemon=True)
+        self.factory = factory
+        self.job_id = job_id
+        self.scheduler_id = scheduler_id
+        self.ttl_s = ttl_s
+        self.interval_s = interval_s
+        self.lost = False
+        self._stop = threading.Event()
+
+    def renew(self) -> bool:
+        with session_scope(self.factory) as session:
+            renewed = session.execute(
+                update(Job)
+                .where(
+                    Job.id == self.job_id,
+                    Job.scheduler_id == self.scheduler_id,
+                    Job.state.in_(ACTIVE_JOB_STATES),
+                )
+                .values(lease_expires_at=utcnow() + timedelta(seconds=self.ttl_s))
+                .execution_options(synchronize_session=False)
+            ).rowcount
+        return renewed == 1
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                if not self.renew():
+                    self.lost = True
+                    log.warning("job %d: lease lost", self.job_id)
+                    return
+            except Exception:  # a database blip: the lease outlives a few missed renewals
+                log.warning("job %d: lease renewal failed", self.job_id, exc_info=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@dataclass
+class _Workload:
+    row: JobWorkload
+    workload: Workload
+    template: TemplateRow
+
+
+class JobRunner:
+    """State of one run of one job (see ``run_job``)."""
+
+    def __init__(
+        self,
+        job_id: int,
+        factory: sessionmaker[Session],
+        celery_app: Any,
+        scheduler_id: str,
+        stop_event: threading.Event,
+        settings: Settings,
+        gate: DeviceGate,
+        poll_s: float,
+    ) -> None:
+        self.job_id = job_id
+        self.factory = factory
+        self.app = celery_app
+        self.scheduler_id = scheduler_id
+        self.stop_event = stop_event
+        self.settings = settings
+        self.gate = gate
+        self.poll_s = poll_s
+        self.lease = JobLease(
+            factory,
+            job_id,
+            scheduler_id,
+            ttl_s=settings.heartbeat_timeout_s,
+            interval_s=settings.heartbeat_interval_s,
+        )
+
+    # ---- state transitions (conditional: this scheduler, job not finished) -------------
+    def _mine(self) -> Any:
+        return (
+            Job.id == self.job_id,
+            Job.scheduler_id == self.scheduler_id,
+            Job.state.in_(ACTIVE_JOB_STATES),
+        )
+
+    def _interrupted(self) -> bool:
+        return self.stop_event.is_set() or self.lease.lost
+
+    def _cancel_requested(self, session: Session) -> bool:
+        return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
+
+    def _finish(self, state: JobState, error: str | None = None) -> bool:
+        with session_scope(self.factory) as session:
+            finished = session.execute(
+                update(Job)
+                .where(*self._mine())
+                .values(
+                    state=state,
+                    error=error,
+                    finished_at=utcnow(),
+                    lease_expires_at=None,
+                    updated_at=utcnow(),
+                )
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if finished:  # what is still queued will never be needed
+                session.execute(
+                    update(Trial)
+                    .where(Trial.job_id == self.job_id, Trial.state == TrialState.QUEUED)
+                    .values(state=TrialState.CANCELLED)
+                    .execution_options(synchronize_session=False)
+                )
+        if finished:
+            log.info("job %d %s%s", self.job_id, state, f": {error}" if error else "")
+        return bool(finished)
+
+    def _release(self) -> None:
+        """Leave the job to the next scheduler (it resumes from the trials)."""
+        with session_scope(self.factory) as session:
+            session.execute(
+                update(Job)
+                .where(*self._mine())
+                .values(scheduler_id=None, lease_expires_at=None, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+        log.info("job %d released for resumption", self.job_id)
+
+    # ---- phases ---------------------------------------------------------------------------
+    def _wait_for_device(self) -> HardwareParams | None:
+        """Hardware of an online worker of the job's device key; None if the job ended."""
+        while True:
+            with session_scope(self.factory) as session:
+                job = session.get(Job, self.job_id)
+                if job is None or job.state in TERMINAL_JOB_STATES:
+                    return None
+                if job.cancel_requested:
+                    raise JobCancelled(f"job {self.job_id} was cancelled")
+                workers = online_workers(session, job.device_key)
+                if workers:
+                    return HardwareParams.from_json(workers[-1].hardware)
+            if self._interrupted():
+                raise JobInterrupted(f"job {self.job_id}: scheduler stopping")
+            self.stop_event.wait(self.poll_s)
+
+    def _start(self, hw: HardwareParams) -> Job:
+        from autosched.tune.tune import target_key
+
+        with session_scope(self.factory) as session:
+            started = session.execute(
+                update(Job)
+                .where(*self._mine(), Job.cancel_requested.is_(False))
+                .values(
+                    state=JobState.RUNNING,
+                    target_key=target_key(hw),
+                    started_at=func.coalesce(Job.started_at, utcnow()),
+                    updated_at=utcnow(),
+                )
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if not started:
+                if self._cancel_requested(session):
+                    raise JobCancelled(f"job {self.job_id} was cancelled")
+                raise JobInterrupted(f"job {self.job_id} is no longer this scheduler's")
+            job = session.get(Job, self.job_id)
+            assert job is not None
+            return job
+
+    def _workloads(self, hw: HardwareParams) -> list[_Workload]:
+        out = []
+        with session_scope(self.factory) as session:
+            rows = list(
+                session.scalars(
+                    select(JobWorkload)
+                    .where(JobWorkload.job_id == self.job_id)
+                    .order_by(JobWorkload.position, JobWorkload.id)
+                )
+            )
+            stored = {r.workload_key: session.get(WorkloadRow, r.workload_key) for r in rows}
+        for row in rows:
+            workload = load_stored(stored[row.workload_key])
+            out.append(_Workload(row, workload, self._template(workload, hw)))
+        return out
+
+    def _template(self, workload: Workload, hw: HardwareParams) -> TemplateRow:
+        try:
+            with session_scope(self.factory) as session:
+                return ensure_template(session, workload, hw)
+        except IntegrityError:  # another job stored it at the same moment
+            with session_scope(self.factory) as session:
+                return ensure_template(session, workload, hw)
+
+    def _own_done(self, workload_key: str) -> int:
+        with session_scope(self.factory) as session:
+            return session.scalar(
+                select(func.count()).where(
+                    Trial.job_id == self.job_id,
+                    Trial.workload_key == workload_key,
+                    Trial.state == TrialState.DONE,
+                )
+            )
+
+    def _known(self, workload_key: str, target: str, config: Config) -> MeasureResult | None:
+        """A recorded result of ``config`` from any job (configs are measured once)."""
+        with session_scope(self.factory) as session:
+            row = session.scalars(
+                select(Trial)
+                .where(
+                    Trial.workload_key == workload_key,
+                    Trial.target_key == target,
+                    Trial.config_digest == config_digest(config),
+                    Trial.state == TrialState.DONE,
+                )
+                .order_by(Trial.id)
+                .limit(1)
+            ).first()
+            return trial_result(row) if row is not None else None
+
+    def _measure_static(
+        self,
+        workloads: list[_Workload],
+        measurer: DispatchMeasurer,
+        hw: HardwareParams,
+        target: str,
+    ) -> None:
+        """The static config of each workload first: the "speedup over static" baseline."""
+        todo: list[tuple[_Workload, MeasureInput]] = []
+        latencies: dict[int, float | None] = {}
+        for w in workloads:
+            if w.row.static_latency is not None:
+                continue
+            config = Config.from_json(w.template.static_config)
+            known = self._known(w.workload.key, target, config)
+            if known is not None:
+                latencies[w.row.id] = _ok_latency(known)
+            else:
+                doc = MeasureInput(w.workload.to_json(), config.to_json(), hw.to_json())
+                todo.append((w, doc))
+        if todo:
+            results = measurer.measure([inp for _, inp in todo])
+            for (w, _), result in zip(todo, results, strict=True):
+                latencies[w.row.id] = _ok_latency(result)
+        with session_scope(self.factory) as session:
+            for row_id, latency in latencies.items():
+                if latency is not None:
+                    session.execute(
+                        update(JobWorkload)
+                        .where(JobWorkload.id == row_id)
+                        .values(static_latency=latency)
+                        .execution_options(synchronize_session=False)
+                    )
+
+    def _finish_in_flight(self, measurer: DispatchMeasurer, hw: HardwareParams) -> None:
+        """Trials an interrupted run left queued or running: wait for them (resend if
+        needed) so the search sees them as records and the budget stays exact."""
+        with session_scope(self.factory) as session:
+            pending = list(
+                session.scalars(
+                    select(Trial)
+                    .where(
+                        Trial.job_id == self.job_id,
+                        Trial.state.in_([TrialState.QUEUED, TrialState.RUNNING]),
+                    )
+                    .order_by(Trial.id)
+                )
+            )
+            keys = {t.workload_key for t in pending}
+            wires = dict(
+                session.execute(
+                    select(WorkloadRow.key, WorkloadRow.wire).where(WorkloadRow.key.in_(keys))
+                ).all()
+            )
+        if pending:
+            log.info("job %d: resuming, %d trials still in flight", self.job_id, len(pending))
+            measurer.measure(
+                [MeasureInput(wires[t.workload_key], t.config, hw.to_json()) for t in pending]
+            )
+
+    def _tune(
+        self, job: Job, workloads: list[_Workload], measurer: DispatchMeasurer, hw: HardwareParams
+    ) -> None:
+        from autosched.tune.tune import TuningTask
+
+        self._finish_in_flight(measurer, hw)
+        budget = job.trials_per_workload
+        tasks = [
+            TuningTask(
+                w.workload,
+                hw=hw,
+                strategy=job.strategy,  # type: ignore[arg-type]
+                database=SQLDatabase(self.factory, self.job_id),
+                measurer=measurer,
+                seed=job.seed,
+            )
+            for w in workloads
+        ]
+        try:
+            progressed = True
+            while progressed:  # round-robin: one batch per workload per round
+                progressed = False
+                for task in tasks:
+                    left = budget - self._own_done(task.workload.key)
+                    if left <= 0 or task.exhausted:
+                        continue
+                    if self._interrupted():
+                        raise JobInterrupted(f"job {self.job_id}: scheduler stopping")
+                    progressed |= task.step(min(self.settings.batch_size, left)) > 0
+        finally:
+            for task in tasks:
+                task.close()
+
+    def run(self) -> JobState | None:
+        """Run the job to its end; the state it ended in (None: left for another run)."""
+        self.lease.start()
+        try:
+            hw = self._wait_for_device()
+            if hw is None:
+                return None
+            job = self._start(hw)
+            target = job.target_key or ""
+            workloads = self._workloads(hw)
+            with session_scope(self.factory) as session:
+                created = session.scalar(select(Job.created_at).where(Job.id == self.job_id))
+            measurer = DispatchMeasurer(
+                self.factory,
+                self.app,
+                self.job_id,
+                job.device_key,
+                target,
+                workloads=[w.workload for w in workloads],
+                redispatch_s=self.settings.trial_redispatch_s,
+                gate=self.gate,
+                rank=(-job.priority, created.timestamp() if created else 0.0, job.id),
+                interrupted=self._interrupted,
+            )
+            log.info("job %d running on %s (%s)", self.job_id, job.device_key, target)
+            self._measure_static(workloads, measurer, hw, target)
+            if job.strategy != "static":
+                self._tune(job, workloads, measurer, hw)
+            return JobState.SUCCEEDED if self._finish(JobState.SUCCEEDED) else None
+        except JobCancelled:
+            return JobState.CANCELLED if self._finish(JobState.CANCELLED) else None
+        except JobInterrupted:
+            if not self.lease.lost:
+                self._release()
+            return None
+        except Exception as err:
+            log.exception("job %d failed", self.job_id)
+            failed = self._finish(JobState.FAILED, f"{type(err).__name__}: {err}")
+            return JobState.FAILED if failed else None
+        finally:
+            self.lease.stop()
+
+
+def _ok_latency(result: MeasureResult) -> float | None:
+    return result.latency if result.status == TrialStatus.OK and isfinite(result.latency) else None
+
+
+def run_job(
+    job_id: int,
+    factory: sessionmaker[Session],
+    celery_app: Any,
+    scheduler_id: str,
+    stop_event: threading.Event | None = None,
+    *,
+    settings: Settings | None = None,
+    gate: DeviceGate | None = None,
+    poll_s: float = 1.0,
+) -> JobState | None:
+    """Run job ``job_id`` (already claimed by ``scheduler_id``) until it succeeds, fails or
+    is cancelled; returns that state, or None when the job was left to be resumed (the
+    scheduler is stopping, or its lease went to another scheduler)."""
+    settings = settings or get_settings()
+    runner = JobRunner(
+        job_id,
+        factory,
+        celery_app,
+        scheduler_id,
+        stop_event or threading.Event(),
+        settings,
+        gate or DeviceGate(settings.batches_in_flight_per_device),
+        poll_s,
+    )
+    return runner.run()

@@ -1,0 +1,223 @@
+"""Worker side of a measure batch: claim trials, measure them, record each result once.
+
+Every write is conditional, which is what makes a redelivered or duplicated task harmless:
+a trial is claimed only while ``queued`` (done, cancelled or claimed trials are skipped) and
+its result is stored only while it is still ``running`` by this worker (a worker that was
+reaped offline meanwhile has lost it to the queue). The best config of a workload on a
+target is replaced only by a faster one, in a single ``INSERT ... ON CONFLICT DO UPDATE
+... WHERE`` so two workers finishing at once cannot overwrite a faster result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from autosched.db.models import (
+    BestConfig,
+    Job,
+    Trial,
+    TrialState,
+    Worker,
+    WorkloadRow,
+    utcnow,
+)
+from autosched.db.session import session_scope
+from autosched.db.upsert import insert_for
+from autosched.hardware import HardwareParams
+from autosched.tune.database.sql_database import result_values
+from autosched.tune.measure import MeasureInput, MeasureResult, TrialStatus
+from autosched.tune.measurer import Measurer
+
+log = logging.getLogger(__name__)
+
+
+def claim_trials(session: Session, trial_ids: Sequence[int], worker_id: str) -> list[int]:
+    """Mark the still-queued trials of ``trial_ids`` as running by ``worker_id``.
+
+    Trials of a job whose cancellation was requested are left alone. On PostgreSQL a
+    concurrent claim of the same row waits for the first and then finds it no longer queued.
+    """
+    if not trial_ids:
+        return []
+    cancelled_jobs = select(Job.id).where(Job.cancel_requested.is_(True))
+    claimed = session.scalars(
+        update(Trial)
+        .where(
+            Trial.id.in_(list(trial_ids)),
+            Trial.state == TrialState.QUEUED,
+            Trial.job_id.not_in(cancelled_jobs),
+        )
+        .values(state=TrialState.RUNNING, worker_id=worker_id)
+        .returning(Trial.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return sorted(claimed)
+
+
+def record_result(session: Session, trial_id: int, worker_id: str, result: MeasureResult) -> bool:
+    """Store ``result`` if the trial is still running by ``worker_id``; whether it was."""
+    stored = session.execute(
+        update(Trial)
+        .where(
+            Trial.id == trial_id,
+            Trial.state == TrialState.RUNNING,
+            Trial.worker_id == worker_id,
+        )
+        .values(**result_values(result))
+        .execution_options(synchronize_session=False)
+    )
+    return stored.rowcount == 1
+
+
+def measure_trials(
+    factory: sessionmaker[Session],
+    trial_ids: Sequence[int],
+    worker_id: str,
+    measurer: Measurer,
+) -> int:
+    """Claim, measure and record ``trial_ids`` on this worker; returns how many results were
+    stored (0 for a batch that was already measured)."""
+    with session_scope(factory) as session:
+        worker = session.get(Worker, worker_id)
+        if worker is None:
+            # Nothing claimed: the trials stay queued for a registered worker.
+            log.error("worker %s is not registered; skipping trials %s", worker_id, trial_ids)
+            return 0
+        hardware, device_key = dict(worker.hardware), worker.device_key
+        claimed = claim_trials(session, trial_ids, worker_id)
+    if not claimed:
+        log.info("trials %s already claimed or finished; nothing to measure", list(trial_ids))
+        return 0
+
+    try:
+        return _measure_claimed(factory, claimed, worker_id, measurer, hardware, device_key)
+    except BaseException:
+        # Unexpected (the database went away, the worker is shutting down): hand what is
+        # still ours back to the queue rather than leave it claimed by a live worker.
+        with session_scope(factory) as session:
+            release_claims(session, claimed, worker_id)
+        raise
+
+
+def release_claims(session: Session, trial_ids: Sequence[int], worker_id: str) -> int:
+    """Put ``worker_id``'s unfinished claims among ``trial_ids`` back in the queue."""
+    released = session.execute(
+        update(Trial)
+        .where(
+            Trial.id.in_(list(trial_ids)),
+            Trial.state == TrialState.RUNNING,
+            Trial.worker_id == worker_id,
+        )
+        .values(state=TrialState.QUEUED, worker_id=None, dispatched_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return released.rowcount or 0
+
+
+def _measure_claimed(
+    factory: sessionmaker[Session],
+    claimed: list[int],
+    worker_id: str,
+    measurer: Measurer,
+    hardware: dict,
+    device_key: str,
+) -> int:
+    with session_scope(factory) as session:
+        trials = list(session.scalars(select(Trial).where(Trial.id.in_(claimed))))
+        keys = {t.workload_key for t in trials}
+        wires = {
+            row.key: row.wire
+            for row in session.scalars(select(WorkloadRow).where(WorkloadRow.key.in_(keys)))
+        }
+    trials.sort(key=lambda t: claimed.index(t.id))
+    inputs = [MeasureInput(wires[t.workload_key], t.config, hardware) for t in trials]
+    try:
+        results = measurer.measure(inputs)
+        if len(results) != len(inputs):
+            raise RuntimeError(f"{len(results)} results for {len(inputs)} inputs")
+    except Exception as err:  # a measurer reports failures as results; this is a bug
+        log.exception("measurer failed on trials %s", claimed)
+        message = f"measurement failed on worker {worker_id}: {type(err).__name__}: {err}"
+        results = [MeasureResult(TrialStatus.RUN_ERROR, math.inf, message) for _ in trials]
+
+    stored: list[tuple[Trial, MeasureResult]] = []
+    with session_scope(factory) as session:
+        for trial, result in zip(trials, results, strict=True):
+            if record_result(session, trial.id, worker_id, result):
+                stored.append((trial, result))
+    log.info("recorded %d of %d claimed trials", len(stored), len(claimed))
+
+    fastest: dict[tuple[str, str], tuple[Trial, MeasureResult]] = {}
+    for trial, result in stored:
+        if result.status != TrialStatus.OK or not math.isfinite(result.latency):
+            continue
+        key = (trial.workload_key, trial.target_key)
+        if key not in fastest or result.latency < fastest[key][1].latency:
+            fastest[key] = (trial, result)
+    hw = HardwareParams.from_json(hardware)
+    for trial, result in fastest.values():
+        offer_best(factory, trial, result.latency, hw, worker_id, device_key)
+    return len(stored)
+
+
+def offer_best(
+    factory: sessionmaker[Session],
+    trial: Trial,
+    latency: float,
+    hw: HardwareParams,
+    worker_id: str,
+    device_key: str,
+) -> bool:
+    """Make ``trial`` the best config of its workload on its target if it is faster than the
+    stored one (the runner already checked its output); whether it became the best."""
+    import tvm
+
+    from autosched.errors import AutoschedError
+    from autosched.schedule import apply_config, trace_json
+    from autosched.service.workloads import load_stored
+    from autosched.space import Config
+
+    with session_scope(factory) as session:
+        current = session.get(BestConfig, (trial.workload_key, trial.target_key))
+        if current is not None and current.latency <= latency:
+            return False
+        row = session.get(WorkloadRow, trial.workload_key)
+        assert row is not None  # the trial's foreign key
+    try:  # outside any transaction: applying a schedule takes a while
+        workload = load_stored(row)
+        trace = trace_json(apply_config(workload.prim_func, Config.from_json(trial.config), hw))
+    except AutoschedError as err:  # it built in the sandbox, so this is not expected
+        log.error("trial %d: could not export its trace (%s); best not updated", trial.id, err)
+        return False
+
+    values = {
+        "trial_id": trial.id,
+        "config": trial.config,
+        "trace": trace,
+        "latency": latency,
+        "gflops": row.flops / latency / 1e9,
+        "worker_id": worker_id,
+        "device_key": device_key,
+        "tvm_version": tvm.__version__,
+        "updated_at": utcnow(),
+    }
+    with session_scope(factory) as session:
+        table = BestConfig.__table__
+        stmt = insert_for(session, BestConfig).values(
+            workload_key=trial.workload_key, target_key=trial.target_key, **values
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["workload_key", "target_key"],
+            set_=values,
+            where=table.c.latency > stmt.excluded.latency,
+        ).returning(table.c.trial_id)
+        # A row comes back only when inserted or replaced (rowcount is -1 under psycopg).
+        updated = session.execute(stmt).first() is not None
+    if updated:
+        log.info("trial %d is the new best of %s (%.3g s)", trial.id, trial.workload_key, latency)
+    return updated

@@ -1,0 +1,155 @@
+"""``python -m workers.main --device-key K``: one device's measuring worker.
+
+Registers in the farm, heartbeats from a thread, and consumes only ``device.<key>`` with
+Celery's solo pool: one batch at a time, so measurements on a device never overlap (builds
+still run in parallel in the measurer's builder processes). SIGTERM finishes the current
+batch, then the worker marks itself offline; a worker killed outright stops heartbeating,
+the scheduler reaps it and its claimed trials go back to the queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import uuid
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from autosched.db.session import session_factory, session_scope, upgrade_database
+from autosched.hardware import HardwareParams, cpu_target, detect_hardware
+from autosched.service import farm
+from autosched.service.dispatch import device_queue
+from autosched.service.schemas import WorkerRegister
+from autosched.settings import Settings, get_settings
+
+log = logging.getLogger("autosched.worker")
+
+
+DESCRIPTION = "Measure trials from one device key's queue (register, heartbeat, Celery solo pool)."
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Log to stderr unless the embedding program already set logging up."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step
+
+
+def default_device_key(hw: HardwareParams) -> str:
+    """Workers on identical hardware share one queue: ``cpu-<mcpu>-<cores>c``."""
+    return f"cpu-{hw.mcpu}-{hw.num_cores}c"
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, factory: sessionmaker[Session], worker_id: str, interval_s: float):
+        super().__init__(name="heartbeat", daemon=True)
+        self.factory = factory
+        self.worker_id = worker_id
+        self.interval_s = interval_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            try:
+                with session_scope(self.factory) as session:
+                    farm.heartbeat(session, self.worker_id)
+            except Exception:  # a database blip: the next beat may get through
+                log.warning("heartbeat failed", exc_info=True)
+
+
+def _plain(obj: Any) -> Any:
+    """TVM containers (Map, Array) as JSON types."""
+    if isinstance(obj, str | int | float | bool) or obj is None:
+        return obj
+    if hasattr(obj, "items"):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    return [_plain(v) for v in obj]
+
+
+def register(factory: sessionmaker[Session], device_key: str, hw: HardwareParams) -> WorkerRegister:
+    from autosched.tune.tune import target_key
+
+    hostname = socket.gethostname()
+    reg = WorkerRegister(
+        worker_id=f"{hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+        device_key=device_key,
+        target_key=target_key(hw),
+        target=_plain(cpu_target(hw).export()),
+        hardware=hw.to_json(),
+        hostname=hostname,
+    )
+    with session_scope(factory) as session:
+        farm.register_worker(session, reg)
+    return reg
+
+
+def run_worker(
+    device_key: str | None = None,
+    settings: Settings | None = None,
+    *,
+    loglevel: str = "INFO",
+) -> int:
+    """Serve ``device_key``'s queue until SIGTERM/SIGINT; returns the exit code."""
+    from autosched.tune.measurer import LocalMeasurer
+    from workers import tasks
+    from workers.celery_app import make_celery
+
+    configure_logging(loglevel)
+    settings = settings or get_settings()
+    url = settings.resolved_database_url
+    upgrade_database(url)
+    factory = session_factory(url)
+    hw = detect_hardware()
+    key = device_key or settings.device_key or default_device_key(hw)
+    reg = register(factory, key, hw)
+    log.info("worker %s serving %s (%s)", reg.worker_id, device_queue(key), reg.target_key)
+
+    work_dir = tempfile.mkdtemp(prefix="autosched-worker-")
+    measurer = LocalMeasurer.create(work_dir)
+    tasks.configure(tasks.WorkerContext(factory, reg.worker_id, measurer))
+    heartbeat = Heartbeat(factory, reg.worker_id, settings.heartbeat_interval_s)
+    heartbeat.start()
+    app = make_celery(settings)
+    worker = app.Worker(
+        hostname=f"{key}.{reg.worker_id.rsplit(':', 1)[-1]}@{reg.hostname}",
+        queues=[device_queue(key)],
+        pool_cls="solo",
+        concurrency=1,
+        loglevel=loglevel,
+        without_heartbeat=True,  # liveness is the database heartbeat
+        without_mingle=True,
+        without_gossip=True,
+    )
+    try:
+        worker.start()
+    finally:
+        heartbeat.stopped.set()
+        tasks.configure(None)
+        try:
+            with session_scope(factory) as session:
+                requeued = farm.mark_offline(session, reg.worker_id)
+            log.info("worker %s offline (%d trials back in the queue)", reg.worker_id, requeued)
+        finally:
+            measurer.close()
+            shutil.rmtree(work_dir, ignore_errors=True)
+    return worker.exitcode or 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m workers.main", description=DESCRIPTION)
+    parser.add_argument("--device-key", default=None, help="default: cpu-<mcpu>-<cores>c")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    raise SystemExit(run_worker(args.device_key, loglevel=args.log_level.upper()))
+
+
+if __name__ == "__main__":
+    main()
