@@ -136,6 +136,13 @@ def _up_detached(device_keys: list[str]) -> None:
     from autosched.settings import get_settings
 
     settings = get_settings()
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    try:
+        if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            console.print(f"autosched is already up at [bold]{url}[/bold]")
+            return
+    except httpx.HTTPError:
+        pass  # nothing there yet: start it
     pid_file = _pid_file()
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "autosched.cli", "up"]
@@ -146,7 +153,6 @@ def _up_detached(device_keys: list[str]) -> None:
         argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ)
     )
     pid_file.write_text(str(proc.pid))
-    url = f"http://{settings.api_host}:{settings.api_port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
