@@ -87,3 +87,36 @@ def test_submit_tune_fetch_apply(service, device_key):
     c = tvm.runtime.tensor(np.zeros((48, 48), np.float32))
     lib(tvm.runtime.tensor(a), tvm.runtime.tensor(b), c)
     np.testing.assert_allclose(c.numpy(), a @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_up_detach_then_down(tmp_path):
+    """What a new user types: ``autosched up --detach``, look at the farm, ``autosched down``."""
+    import os
+    import subprocess
+    import sys
+
+    port = _free_port()
+    env = dict(os.environ, AUTOSCHED_DATA_DIR=str(tmp_path / "state"))
+    env |= {"AUTOSCHED_API_PORT": str(port), "AUTOSCHED_API_URL": f"http://127.0.0.1:{port}"}
+    for name in ("DATABASE_URL", "REDIS_URL", "AUTOSCHED_DATABASE_URL", "AUTOSCHED_REDIS_URL"):
+        env.pop(name, None)  # the embedded default
+    cli = [sys.executable, "-m", "autosched.cli"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], env=env, capture_output=True, text=True, timeout=240)
+
+    try:
+        up = run("up", "--detach")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"127.0.0.1:{port}" in up.stdout
+        again = run("up", "--detach")  # idempotent: the running service is reused
+        assert "already up" in again.stdout
+        workers = run("workers")
+        assert workers.returncode == 0, workers.stdout + workers.stderr
+        assert "online" in workers.stdout
+        assert (tmp_path / "state" / "token").stat().st_mode & 0o077 == 0
+    finally:
+        down = run("down")
+    assert down.returncode == 0 and "stopped" in down.stdout
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
