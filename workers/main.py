@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from autosched.db.session import session_factory, session_scope, upgrade_database
 from autosched.hardware import HardwareParams, cpu_target, detect_hardware
+from autosched.logs import configure_logging
 from autosched.service import farm
 from autosched.service.dispatch import device_queue
 from autosched.service.schemas import WorkerRegister
@@ -32,14 +33,6 @@ log = logging.getLogger("autosched.worker")
 
 
 DESCRIPTION = "Measure trials from one device key's queue (register, heartbeat, Celery solo pool)."
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-
-
-def configure_logging(level: str = "INFO") -> None:
-    """Log to stderr unless the embedding program already set logging up."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step
 
 
 def default_device_key(hw: HardwareParams) -> str:
@@ -101,8 +94,8 @@ def run_worker(
     from workers import tasks
     from workers.celery_app import make_celery
 
-    configure_logging(loglevel)
     settings = settings or get_settings()
+    configure_logging(settings, "worker", loglevel)  # unless the embedding program did
     url = settings.resolved_database_url
     upgrade_database(url)
     factory = session_factory(url)
@@ -147,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device-key", default=None, help="default: cpu-<mcpu>-<cores>c")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(get_settings(), "worker", args.log_level)
     raise SystemExit(run_worker(args.device_key, loglevel=args.log_level.upper()))
 
 

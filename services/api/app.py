@@ -17,10 +17,23 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autosched.db.session import upgrade_database
+from autosched.logs import configure_logging
+from autosched.service.metrics import ServiceMetrics
 from autosched.settings import Settings, get_settings
+from services.api.dashboard import install_dashboard
 from services.api.deps import ApiState
 from services.api.errors import install_error_handlers
-from services.api.routes import health, jobs, schedules, tokens, workers, workloads
+from services.api.routes import (
+    health,
+    jobs,
+    metrics,
+    schedules,
+    tokens,
+    views,
+    workers,
+    workloads,
+)
+from services.api.routes.metrics import RequestMetrics
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -43,9 +56,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)
     app.state.api = state
+    # Outermost: times every request, the ones BodyLimit refuses included.
+    app.state.metrics = ServiceMetrics(state.sessions)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     install_error_handlers(app)
-    for module in (health, workloads, jobs, schedules, workers, tokens):
+    for module in (health, metrics, workloads, jobs, schedules, workers, tokens, views):
         app.include_router(module.router)
+    install_dashboard(app)  # HTML pages at /, /jobs/{id}, /farm, /schedules; /static
     return app
 
 
@@ -83,11 +100,15 @@ class BodyLimit:
 
 
 def serve() -> None:
-    """Run the API with uvicorn on ``api_host:api_port``."""
+    """Run the API with uvicorn on ``api_host:api_port``; uvicorn's own lines (access log
+    included) go through ``configure_logging``'s handler (``log_config=None``)."""
     import uvicorn
 
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port)
+    configure_logging(settings, "api")
+    uvicorn.run(
+        create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from autosched.db.models import Job, utcnow
 from autosched.db.session import session_factory, session_scope, upgrade_database
+from autosched.logs import configure_logging
 from autosched.service.dispatch import DeviceGate
 from autosched.service.farm import reap_silent_workers
 from autosched.service.job_runner import ACTIVE_JOB_STATES, run_job
@@ -32,15 +33,6 @@ log = logging.getLogger("autosched.scheduler")
 
 
 DESCRIPTION = "Claim jobs, run their search loops, dispatch trials to device queues."
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
-
-
-def configure_logging(level: str = "INFO") -> None:
-    """Log to stderr unless the embedding program already set logging up."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step
-
 
 JOIN_TIMEOUT_S = 30.0
 
@@ -100,8 +92,8 @@ def run_scheduler(
     """Run until ``stop_event`` is set (or SIGTERM/SIGINT in the main thread)."""
     from workers.celery_app import make_celery  # the app's configuration only, no tasks
 
-    configure_logging()
     settings = settings or get_settings()
+    configure_logging(settings, "scheduler")  # unless the embedding program did
     url = settings.resolved_database_url
     upgrade_database(url)
     factory = session_factory(url)
@@ -130,7 +122,7 @@ def run_scheduler(
                 )
                 thread.start()
                 threads[job_id] = thread
-                log.info("claimed job %d", job_id)
+                log.info("claimed job %d", job_id, extra={"job_id": job_id})
         except Exception:  # the database or broker is down: keep trying
             log.exception("scheduler loop failed; retrying")
         threads = {j: t for j, t in threads.items() if t.is_alive()}
@@ -146,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(get_settings(), "scheduler", args.log_level)
     run_scheduler()
 
 

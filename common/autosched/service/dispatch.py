@@ -18,7 +18,7 @@ import logging
 import math
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -31,6 +31,7 @@ from autosched.db.models import Job, Trial, TrialState, Worker, WorkerState, utc
 from autosched.db.session import session_scope
 from autosched.db.upsert import insert_for
 from autosched.errors import JobCancelled, JobInterrupted
+from autosched.logs import log_context
 from autosched.space import Config
 from autosched.tune.database import config_digest
 from autosched.tune.database.sql_database import TRIAL_IDENTITY, trial_result
@@ -216,7 +217,13 @@ class DispatchMeasurer(Measurer):
             chunk = trial_ids[i::chunks]
             self.app.send_task(MEASURE_TASK, args=[chunk], queue=device_queue(self.device_key))
         self._sent.update(trial_ids)
-        log.debug("job %d: sent trials %s to %s", self.job_id, trial_ids, self.device_key)
+        log.info(
+            "job %d: dispatched trials %s to %s (%d tasks)",
+            self.job_id,
+            trial_ids,
+            device_queue(self.device_key),
+            chunks,
+        )
 
     def wait(self, trial_ids: list[int]) -> dict[int, Trial]:
         """Send what needs sending and poll until every trial is done or cancelled."""
@@ -251,12 +258,22 @@ class DispatchMeasurer(Measurer):
                     Trial.state.in_([TrialState.QUEUED, TrialState.RUNNING]),
                 )
             )
-        if pending is None:  # all recorded before (a resumed job): nothing to send
-            trials = self.wait(trial_ids)
-        else:
-            with self.gate.slot(self.device_key, self.rank, self._check):
+        with log_context(trial_ids=trial_ids):
+            if pending is None:  # all recorded before (a resumed job): nothing to send
                 trials = self.wait(trial_ids)
-        return [_result(trials[i]) for i in trial_ids]
+            else:
+                with self.gate.slot(self.device_key, self.rank, self._check):
+                    trials = self.wait(trial_ids)
+            results = [_result(trials[i]) for i in trial_ids]
+            if pending is not None:
+                log.info("job %d: batch measured: %s", self.job_id, status_counts(results))
+        return results
+
+
+def status_counts(results: Iterable[MeasureResult]) -> str:
+    """``ok=6 build_error=2``: a batch's statuses, for its log line."""
+    counts = Counter(str(r.status) for r in results)
+    return " ".join(f"{status}={n}" for status, n in sorted(counts.items())) or "empty"
 
 
 def _result(trial: Trial) -> MeasureResult:

@@ -104,12 +104,8 @@ class EmbeddedService:
         token = ensure_local_token(self.settings)
         py = sys.executable
         self.children = [
-            Child(
-                "api",
-                [py, "-m", "uvicorn", "services.api.app:create_app", "--factory",
-                 "--host", self.settings.api_host, "--port", str(self.settings.api_port)],
-                logs / "api.log",
-            ),
+            # serve(): uvicorn on AUTOSCHED_API_HOST/PORT, its lines in the service's format.
+            Child("api", [py, "-m", "services.api.app"], logs / "api.log"),
             Child("scheduler", [py, "-m", "services.scheduler.main"], logs / "scheduler.log"),
         ]  # fmt: skip
         for i, key in enumerate(self.device_keys):

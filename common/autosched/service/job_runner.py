@@ -21,7 +21,7 @@ from datetime import timedelta
 from math import isfinite
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,6 +39,7 @@ from autosched.db.models import (
 from autosched.db.session import session_scope
 from autosched.errors import JobCancelled, JobInterrupted
 from autosched.hardware import HardwareParams
+from autosched.logs import log_context
 from autosched.service.dispatch import DeviceGate, DispatchMeasurer
 from autosched.service.farm import online_workers
 from autosched.service.workloads import ensure_template, load_stored
@@ -95,14 +96,15 @@ class JobLease(threading.Thread):
         return renewed == 1
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                if not self.renew():
-                    self.lost = True
-                    log.warning("job %d: lease lost", self.job_id)
-                    return
-            except Exception:  # a database blip: the lease outlives a few missed renewals
-                log.warning("job %d: lease renewal failed", self.job_id, exc_info=True)
+        with log_context(job_id=self.job_id):
+            while not self._stop.wait(self.interval_s):
+                try:
+                    if not self.renew():
+                        self.lost = True
+                        log.warning("job %d: lease lost", self.job_id)
+                        return
+                except Exception:  # a database blip: the lease outlives a few missed renewals
+                    log.warning("job %d: lease renewal failed", self.job_id, exc_info=True)
 
     def stop(self) -> None:
         self._stop.set()
@@ -181,8 +183,37 @@ class JobRunner:
                     .execution_options(synchronize_session=False)
                 )
         if finished:
-            log.info("job %d %s%s", self.job_id, state, f": {error}" if error else "")
+            self._log_outcome(state, error)
         return bool(finished)
+
+    def _log_outcome(self, state: JobState, error: str | None) -> None:
+        """One line per finished job: its state, trials measured, best latency found."""
+        try:
+            with session_scope(self.factory) as session:
+                rows = session.execute(
+                    select(
+                        Trial.workload_key,
+                        func.count(),
+                        func.min(case((Trial.status == TrialStatus.OK, Trial.latency))),
+                    )
+                    .where(Trial.job_id == self.job_id, Trial.state == TrialState.DONE)
+                    .group_by(Trial.workload_key)
+                ).all()
+        except Exception:  # the job is finished either way; the summary is a nicety
+            log.warning("job %d: no summary of its trials", self.job_id, exc_info=True)
+            rows = []
+        best = {key: latency for key, _, latency in rows if latency is not None}
+        measured = sum(count for _, count, _ in rows)
+        shown = ", ".join(f"{key} {latency * 1e3:.4g} ms" for key, latency in best.items())
+        log.info(
+            "job %d %s: %d trials measured, best latency %s%s",
+            self.job_id,
+            state,
+            measured,
+            shown or "none",
+            f"; {error}" if error else "",
+            extra={"job_state": str(state), "trials_done": measured, "best_latency_s": best},
+        )
 
     def _release(self) -> None:
         """Leave the job to the next scheduler (it resumes from the trials)."""
@@ -402,7 +433,15 @@ class JobRunner:
                 rank=(-job.priority, created.timestamp() if created else 0.0, job.id),
                 interrupted=self._interrupted,
             )
-            log.info("job %d running on %s (%s)", self.job_id, job.device_key, target)
+            log.info(
+                "job %d running on %s (%s): %s, %d workloads, %d trials each",
+                self.job_id,
+                job.device_key,
+                target,
+                job.strategy,
+                len(workloads),
+                job.trials_per_workload,
+            )
             self._measure_static(workloads, measurer, hw, target)
             if job.strategy != "static":
                 self._tune(job, workloads, measurer, hw)
@@ -450,4 +489,5 @@ def run_job(
         gate or DeviceGate(settings.batches_in_flight_per_device),
         poll_s,
     )
-    return runner.run()
+    with log_context(job_id=job_id):  # every line of this job's thread names the job
+        return runner.run()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 
 from sqlalchemy import select, update
@@ -29,6 +30,8 @@ from autosched.db.models import (
 from autosched.db.session import session_scope
 from autosched.db.upsert import insert_for
 from autosched.hardware import HardwareParams
+from autosched.logs import log_context
+from autosched.service.dispatch import status_counts
 from autosched.tune.database.sql_database import result_values
 from autosched.tune.measure import MeasureInput, MeasureResult, TrialStatus
 from autosched.tune.measurer import Measurer
@@ -81,7 +84,24 @@ def measure_trials(
     measurer: Measurer,
 ) -> int:
     """Claim, measure and record ``trial_ids`` on this worker; returns how many results were
-    stored (0 for a batch that was already measured)."""
+    stored (0 for a batch that was already measured). Lines logged meanwhile carry the
+    batch's ``trial_ids`` and, for a batch of one job (what the scheduler sends), its
+    ``job_id``."""
+    with log_context(trial_ids=trial_ids):
+        with session_scope(factory) as session:
+            jobs = session.scalars(
+                select(Trial.job_id).where(Trial.id.in_(list(trial_ids))).distinct()
+            ).all()
+        with log_context(job_id=jobs[0] if len(jobs) == 1 else None):
+            return _measure_trials(factory, trial_ids, worker_id, measurer)
+
+
+def _measure_trials(
+    factory: sessionmaker[Session],
+    trial_ids: Sequence[int],
+    worker_id: str,
+    measurer: Measurer,
+) -> int:
     with session_scope(factory) as session:
         worker = session.get(Worker, worker_id)
         if worker is None:
@@ -136,6 +156,7 @@ def _measure_claimed(
         }
     trials.sort(key=lambda t: claimed.index(t.id))
     inputs = [MeasureInput(wires[t.workload_key], t.config, hardware) for t in trials]
+    start = time.monotonic()
     try:
         results = measurer.measure(inputs)
         if len(results) != len(inputs):
@@ -150,7 +171,14 @@ def _measure_claimed(
         for trial, result in zip(trials, results, strict=True):
             if record_result(session, trial.id, worker_id, result):
                 stored.append((trial, result))
-    log.info("recorded %d of %d claimed trials", len(stored), len(claimed))
+    log.info(
+        "measured %d trials in %.1f s: %s; recorded %d of %d claimed",
+        len(results),
+        time.monotonic() - start,
+        status_counts(results),
+        len(stored),
+        len(claimed),
+    )
 
     fastest: dict[tuple[str, str], tuple[Trial, MeasureResult]] = {}
     for trial, result in stored:

@@ -1,0 +1,278 @@
+"""Read-only views for the dashboard and the JSON routes it adds (``/v1/jobs/{id}/trials``,
+``GET /v1/schedules``): a job's trials with their errors, its workloads' stages and best
+schedules, the farm's throughput, and the cached best schedules.
+
+Nothing here writes; every function is a handful of queries whatever the number of rows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from autosched.db.models import BestConfig, Job, JobWorkload, Trial, TrialState, WorkloadRow, utcnow
+from autosched.errors import NotFoundError
+from autosched.service.farm import list_workers
+from autosched.service.schemas import StageView, WorkerView
+from autosched.tune.measure import TrialStatus
+
+# Trials/min counts trials finished in this window (long enough to smooth batches).
+THROUGHPUT_WINDOW_S = 300.0
+
+
+class TrialView(BaseModel):
+    id: int
+    # 1-based position among the job's done trials, the curve's x (None until done).
+    number: int | None
+    workload_key: str
+    state: str  # TrialState
+    status: str | None  # TrialStatus, once done
+    latency: float | None  # seconds
+    gflops: float | None
+    error: str | None
+    worker_id: str | None
+    build_secs: float | None
+    run_secs: float | None
+    dispatch_count: int
+    dispatched_at: datetime | None
+    finished_at: datetime | None
+
+
+class TrialPage(BaseModel):
+    total: int  # all trials of the job (the list may hold only the newest ``limit``)
+    trials: list[TrialView]  # done trials by number, then those still queued or running
+
+
+class BestSchedule(BaseModel):
+    """One cached best schedule (``best_configs`` row) with its provenance."""
+
+    workload_key: str
+    workload_name: str
+    target_key: str
+    latency: float
+    gflops: float
+    worker_id: str | None
+    device_key: str
+    tvm_version: str
+    updated_at: datetime
+    trial_id: int
+    job_id: int | None  # the job that measured it
+
+
+class BestScheduleDetail(BestSchedule):
+    config: dict[str, Any]
+    trace: list[str]  # the TVM trace as Python-like lines (client.format_trace)
+
+
+class JobWorkloadInfo(BaseModel):
+    workload_key: str
+    name: str
+    flops: float
+    stages: list[StageView]
+    # Best on the job's target: from this job or an earlier one (``job_id`` says which).
+    best: BestScheduleDetail | None
+
+
+class FarmWorkerView(WorkerView):
+    trials_per_min: float  # finished in the last THROUGHPUT_WINDOW_S
+    error_rate: float | None  # failed / done, None before any trial
+
+
+def _gflops(flops: float, latency: float | None) -> float | None:
+    return flops / latency / 1e9 if latency else None
+
+
+def _job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFoundError(f"no job with id {job_id}")
+    return job
+
+
+def job_trials(session: Session, job_id: int, limit: int | None = None) -> TrialPage:
+    """A job's trials, numbered as the curve numbers them (done trials in finishing order),
+    followed by those in flight; with ``limit``, only the newest ``limit``."""
+    _job(session, job_id)
+    flops = dict(
+        session.execute(
+            select(WorkloadRow.key, WorkloadRow.flops)
+            .join(JobWorkload, JobWorkload.workload_key == WorkloadRow.key)
+            .where(JobWorkload.job_id == job_id)
+        ).all()
+    )
+    rows = session.execute(
+        select(
+            Trial.id,
+            Trial.workload_key,
+            Trial.state,
+            Trial.status,
+            Trial.latency,
+            Trial.error,
+            Trial.worker_id,
+            Trial.build_secs,
+            Trial.run_secs,
+            Trial.dispatch_count,
+            Trial.dispatched_at,
+            Trial.finished_at,
+        )
+        .where(Trial.job_id == job_id)
+        # The curve's order for done trials (jobs._curve); the others after them.
+        .order_by(
+            (Trial.state != TrialState.DONE),
+            Trial.finished_at.is_(None),
+            Trial.finished_at,
+            Trial.id,
+        )
+    ).all()
+    trials = []
+    number = 0
+    for row in rows:
+        done = row.state == TrialState.DONE
+        number += done
+        ok = done and row.status == TrialStatus.OK and row.latency is not None
+        trials.append(
+            TrialView(
+                id=row.id,
+                number=number if done else None,
+                workload_key=row.workload_key,
+                state=row.state,
+                status=row.status,
+                latency=row.latency,
+                gflops=_gflops(flops.get(row.workload_key, 0.0), row.latency) if ok else None,
+                error=row.error,
+                worker_id=row.worker_id,
+                build_secs=row.build_secs,
+                run_secs=row.run_secs,
+                dispatch_count=row.dispatch_count,
+                dispatched_at=row.dispatched_at,
+                finished_at=row.finished_at,
+            )
+        )
+    total = len(trials)
+    if limit is not None and total > limit:
+        trials = trials[total - limit :]
+    return TrialPage(total=total, trials=trials)
+
+
+def _best_query() -> Select[tuple[BestConfig, str, int | None]]:
+    return (
+        select(BestConfig, WorkloadRow.name, Trial.job_id)
+        .join(WorkloadRow, WorkloadRow.key == BestConfig.workload_key)
+        .outerjoin(Trial, Trial.id == BestConfig.trial_id)
+    )
+
+
+def _best_view(best: BestConfig, name: str, job_id: int | None) -> BestSchedule:
+    return BestSchedule(
+        workload_key=best.workload_key,
+        workload_name=name,
+        target_key=best.target_key,
+        latency=best.latency,
+        gflops=best.gflops,
+        worker_id=best.worker_id,
+        device_key=best.device_key,
+        tvm_version=best.tvm_version,
+        updated_at=best.updated_at,
+        trial_id=best.trial_id,
+        job_id=job_id,
+    )
+
+
+def _best_detail(best: BestConfig, name: str, job_id: int | None) -> BestScheduleDetail:
+    from autosched.client import format_trace
+
+    return BestScheduleDetail(
+        **_best_view(best, name, job_id).model_dump(),
+        config=best.config,
+        trace=format_trace(best.trace),
+    )
+
+
+def list_best_schedules(
+    session: Session,
+    workload_key: str | None = None,
+    target_key: str | None = None,
+    limit: int = 1000,
+) -> list[BestSchedule]:
+    """Cached best schedules by workload name, then target."""
+    query = _best_query().order_by(WorkloadRow.name, BestConfig.workload_key, BestConfig.target_key)
+    if workload_key is not None:
+        query = query.where(BestConfig.workload_key == workload_key)
+    if target_key is not None:
+        query = query.where(BestConfig.target_key == target_key)
+    return [_best_view(*row) for row in session.execute(query.limit(limit))]
+
+
+def best_schedule_details(session: Session, limit: int = 1000) -> list[BestScheduleDetail]:
+    """The schedules page: every cached best schedule with its config and readable trace."""
+    query = _best_query().order_by(WorkloadRow.name, BestConfig.workload_key, BestConfig.target_key)
+    return [_best_detail(*row) for row in session.execute(query.limit(limit))]
+
+
+def job_workloads(session: Session, job_id: int) -> list[JobWorkloadInfo]:
+    """The job's workloads in order: stages (meta-templates) and best schedule on its target."""
+    job = _job(session, job_id)
+    rows = session.execute(
+        select(WorkloadRow)
+        .join(JobWorkload, JobWorkload.workload_key == WorkloadRow.key)
+        .where(JobWorkload.job_id == job_id)
+        .order_by(JobWorkload.position, JobWorkload.id)
+    ).scalars()
+    workloads = list(rows)
+    best: dict[str, BestScheduleDetail] = {}
+    if job.target_key is not None and workloads:
+        query = _best_query().where(
+            BestConfig.target_key == job.target_key,
+            BestConfig.workload_key.in_([w.key for w in workloads]),
+        )
+        best = {row[0].workload_key: _best_detail(*row) for row in session.execute(query)}
+    return [
+        JobWorkloadInfo(
+            workload_key=w.key,
+            name=w.name,
+            flops=w.flops or 0.0,
+            stages=[StageView.model_validate(s) for s in w.analysis or []],
+            best=best.get(w.key),
+        )
+        for w in workloads
+    ]
+
+
+def job_state_counts(session: Session) -> dict[str, int]:
+    """How many jobs are in each state (the jobs page's filter tabs)."""
+    return dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+
+
+def _window(registered_at: datetime, now: datetime, window_s: float) -> float:
+    return max(60.0, min(window_s, (now - registered_at).total_seconds()))
+
+
+def farm_workers(
+    session: Session, window_s: float = THROUGHPUT_WINDOW_S, now: datetime | None = None
+) -> list[FarmWorkerView]:
+    """Every worker (by device key) with its throughput over the last ``window_s``."""
+    now = now or utcnow()
+    since = now - timedelta(seconds=window_s)
+    recent = Counter(
+        dict(
+            session.execute(
+                select(Trial.worker_id, func.count())
+                .where(Trial.state == TrialState.DONE, Trial.finished_at >= since)
+                .group_by(Trial.worker_id)
+            ).all()
+        )
+    )
+    return [
+        FarmWorkerView(
+            **w.model_dump(),
+            # A worker younger than the window is rated over its lifetime (at least a minute).
+            trials_per_min=recent[w.id] * 60.0 / _window(w.registered_at, now, window_s),
+            error_rate=w.errors / w.trials_done if w.trials_done else None,
+        )
+        for w in list_workers(session)
+    ]
