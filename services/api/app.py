@@ -22,6 +22,7 @@ from autosched.service.metrics import ServiceMetrics
 from autosched.settings import Settings, get_settings
 from services.api.dashboard import install_dashboard
 from services.api.deps import ApiState
+from services.api.docs import install_docs
 from services.api.errors import install_error_handlers
 from services.api.routes import (
     health,
@@ -53,6 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Distributed auto-scheduling for Apache TVM",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served offline by install_docs below
+        redoc_url=None,
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)
     app.state.api = state
@@ -63,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, metrics, workloads, jobs, schedules, workers, tokens, views):
         app.include_router(module.router)
     install_dashboard(app)  # HTML pages at /, /jobs/{id}, /farm, /schedules; /static
+    install_docs(app)  # Swagger UI at /docs from local files
     return app
 
 
