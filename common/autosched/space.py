@@ -14,6 +14,7 @@ from typing import Any
 from autosched.errors import ConfigError
 
 KnobValue = Any  # int | bool | str | list[int]
+MAX_NEIGHBOR_DRAWS = 24
 
 
 def divisors(n: int) -> list[int]:
@@ -75,6 +76,33 @@ class TileKnob:
             inner[inner.index(max(inner))] = 1
         inner.reverse()  # sampled innermost first above; values are listed outermost first
         return self.make(inner)
+
+    def neighbor(self, value: list[int], rng: random.Random) -> list[int] | None:
+        """A nearby tiling: move a small prime factor from one level to another (the outer
+        level absorbs or gives it), MetaSchedule's tile-size mutation. None if none fits."""
+        inner = list(value[1:])
+        if not inner:
+            return None
+        for _ in range(MAX_NEIGHBOR_DRAWS):
+            p = rng.choice((2, 2, 3))
+            src = rng.randrange(-1, len(inner))  # -1: the derived outer level
+            dst = rng.randrange(-1, len(inner))
+            if src == dst:
+                continue
+            cand = inner.copy()
+            if src >= 0:
+                if cand[src] % p:
+                    continue
+                cand[src] //= p
+            if dst >= 0:
+                cand[dst] *= p
+            if (
+                cand != inner
+                and all(c in self.candidates for c in cand)
+                and math.prod(cand) <= self.extent
+            ):
+                return self.make(cand)
+        return None
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from autosched.space import ChoiceKnob, Config, Template
+from autosched.space import ChoiceKnob, Config, Template, TileKnob
 from autosched.tune.cost_model import CostModel
 from autosched.tune.search_strategy.search_strategy import SearchStrategy
 
@@ -27,6 +27,7 @@ class EvolutionarySearch(SearchStrategy):
         elite: int = 16,
         mutation_prob: float = 0.85,
         epsilon: float = 0.1,
+        local_prob: float = 0.7,
         initial: list[Config] | None = None,
     ) -> None:
         super().__init__(template, seed)
@@ -36,17 +37,27 @@ class EvolutionarySearch(SearchStrategy):
         self.elite = elite
         self.mutation_prob = mutation_prob
         self.epsilon = epsilon
+        self.local_prob = local_prob
         self.initial = list(initial or [])  # e.g. the static config: measured first
+        # The initial configs also stay parents: a strong heuristic's neighbourhood is where
+        # the first batches (with a cost model that knows little yet) search best.
+        self.seeds = list(self.initial)
 
     # ---- variation operators ------------------------------------------------------------
     def mutate(self, config: Config) -> Config:
         values = {s: dict(v) for s, v in config.values.items()}
         space = self.rng.choice([s for s in self.template.stages if s.knobs])
         knob = self.rng.choice(space.knobs)
+        current = values[space.stage][knob.name]
         if isinstance(knob, ChoiceKnob) and len(knob.choices) > 1:
-            current = values[space.stage][knob.name]
             values[space.stage][knob.name] = self.rng.choice(
                 [c for c in knob.choices if c != current]
+            )
+        elif isinstance(knob, TileKnob) and self.rng.random() < self.local_prob:
+            # Mostly small steps (a factor moved between levels): good tilings have good
+            # neighbours; a resample is a jump anywhere in the knob's domain.
+            values[space.stage][knob.name] = knob.neighbor(current, self.rng) or knob.sample(
+                self.rng
             )
         else:
             values[space.stage][knob.name] = knob.sample(self.rng)
@@ -61,6 +72,7 @@ class EvolutionarySearch(SearchStrategy):
             (v for v in self.measured.values() if math.isfinite(v[1])), key=lambda v: v[1]
         )
         parents = [c for c, _ in ranked[: self.elite]]
+        parents += [c for c in self.seeds if c not in parents]
         parents += [self.template.sample(self.rng) for _ in range(self.elite)]
         return parents
 
