@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from autosched.db.session import session_factory, session_scope, upgrade_database
-from autosched.hardware import HardwareParams, cpu_target, detect_hardware
+from autosched.hardware import HardwareParams, cpu_target, describe_host, detect_hardware
 from autosched.logs import configure_logging
 from autosched.service import farm
 from autosched.service.dispatch import device_queue
@@ -75,7 +75,7 @@ def register(factory: sessionmaker[Session], device_key: str, hw: HardwareParams
         device_key=device_key,
         target_key=target_key(hw),
         target=_plain(cpu_target(hw).export()),
-        hardware=hw.to_json(),
+        hardware=describe_host(hw),
         hostname=hostname,
     )
     with session_scope(factory) as session:

@@ -7,7 +7,7 @@ so a server can schedule for a worker's hardware rather than its own.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,10 @@ class HardwareParams:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> HardwareParams:
-        return cls(**doc)
+        # Descriptions may carry more than the parameters (a worker's CPU model, its CUDA
+        # devices): only the fields the scheduler uses are read back.
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in known})
 
 
 def _cpu_flags() -> set[str]:
@@ -95,3 +98,45 @@ def cpu_target(hw: HardwareParams | None = None) -> Any:
 
     hw = hw or detect_hardware()
     return tvm.target.Target({"kind": "llvm", "mcpu": hw.mcpu, "num-cores": hw.num_cores})
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (e.g. "AMD EPYC 9B45"), or "unknown"."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def cuda_devices() -> list[dict[str, Any]]:
+    """The CUDA devices TVM sees on this host (none without a GPU and driver)."""
+    import tvm
+
+    found = []
+    for index in range(16):
+        try:
+            dev = tvm.cuda(index)
+            if not dev.exist:
+                break
+            found.append(
+                {
+                    "index": index,
+                    "name": str(dev.device_name),
+                    "compute_version": str(dev.compute_version),
+                    "multi_processor_count": int(dev.multi_processor_count),
+                    "max_threads_per_block": int(dev.max_threads_per_block),
+                }
+            )
+        except Exception:  # a TVM build without CUDA, or a driver error: no devices
+            break
+    return found
+
+
+def describe_host(hw: HardwareParams) -> dict[str, Any]:
+    """What a worker registers: the scheduling parameters plus the CPU model and any CUDA
+    devices (``HardwareParams.from_json`` reads the parameters back and ignores the rest)."""
+    return {**hw.to_json(), "cpu_model": cpu_model(), "cuda_devices": cuda_devices()}
