@@ -12,6 +12,8 @@ import numpy as np
 import tvm
 from rich.console import Console
 
+from autosched.hardware import cpu_model
+
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
@@ -26,7 +28,7 @@ def torch_available() -> bool:
 def environment(hw: Any, target: tvm.target.Target) -> dict[str, str]:
     env = {
         "TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS", "?"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "hardware": ", ".join(f"{k}={v}" for k, v in asdict(hw).items()),
         "target": str(target),
         "tvm": tvm.__version__,
@@ -41,17 +43,6 @@ def environment(hw: Any, target: tvm.target.Target) -> dict[str, str]:
     else:
         env["torch"] = "not installed (pip install torch==2.13.0): torch columns empty"
     return env
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def _numpy_blas() -> str:

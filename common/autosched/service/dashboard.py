@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from autosched.db.models import BestConfig, Job, JobWorkload, Trial, TrialState, WorkloadRow, utcnow
 from autosched.errors import NotFoundError
 from autosched.service.farm import list_workers
+from autosched.service.jobs import workload_flops
 from autosched.service.schemas import StageView, WorkerView
 from autosched.tune.measure import TrialStatus
 
@@ -98,13 +99,7 @@ def job_trials(session: Session, job_id: int, limit: int | None = None) -> Trial
     """A job's trials, numbered as the curve numbers them (done trials in finishing order),
     followed by those in flight; with ``limit``, only the newest ``limit``."""
     _job(session, job_id)
-    flops = dict(
-        session.execute(
-            select(WorkloadRow.key, WorkloadRow.flops)
-            .join(JobWorkload, JobWorkload.workload_key == WorkloadRow.key)
-            .where(JobWorkload.job_id == job_id)
-        ).all()
-    )
+    flops = workload_flops(session, job_id)
     rows = session.execute(
         select(
             Trial.id,

@@ -242,15 +242,20 @@ def _job_view(
     )
 
 
-def _curve(session: Session, job_id: int) -> list[CurvePoint]:
-    """Done trials in the order they finished, with each workload's best so far."""
-    flops = dict(
+def workload_flops(session: Session, job_id: int) -> dict[str, float]:
+    """FLOPs per workload key of a job (GFLOP/s = flops / latency / 1e9)."""
+    return dict(
         session.execute(
             select(WorkloadRow.key, WorkloadRow.flops)
             .join(JobWorkload, JobWorkload.workload_key == WorkloadRow.key)
             .where(JobWorkload.job_id == job_id)
         ).all()
     )
+
+
+def _curve(session: Session, job_id: int) -> list[CurvePoint]:
+    """Done trials in the order they finished, with each workload's best so far."""
+    flops = workload_flops(session, job_id)
     rows = session.execute(
         select(Trial.workload_key, Trial.status, Trial.latency)
         .where(Trial.job_id == job_id, Trial.state == TrialState.DONE)
