@@ -69,6 +69,7 @@ def tune_through_service(
                             finished_at[name] = time.perf_counter() - t0
                 live.update(_table(jobs))
                 time.sleep(poll_s)
+        console.print()  # the live table leaves the cursor at its last line
         out: dict[str, tuple[Config | None, float | None]] = {}
         for name, job in jobs.items():
             key = job.workloads[0].workload_key
