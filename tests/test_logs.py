@@ -22,9 +22,10 @@ import pytest
 
 from autosched.db import session_factory
 from autosched.logs import configure_logging, log_context, make_handler
-from autosched.service.dispatch import DeviceGate
+from autosched.service.dispatch import REMEASURE_TASK, DeviceGate
 from autosched.service.job_runner import run_job
 from autosched.service.measure_trials import measure_trials
+from autosched.service.remeasure import remeasure_trials
 from autosched.settings import Settings
 from services.scheduler.main import claim_jobs
 from tests.farm_support import (
@@ -83,12 +84,12 @@ class FakeFarm:
         self.sent: list[list[int]] = []
 
     def send_task(self, name: str, args: list, queue: str) -> None:
-        self.sent.append(list(args[0]))
-        threading.Thread(
-            target=measure_trials,
-            args=(self.factory, list(args[0]), self.worker_id, FakeMeasurer()),
-            name="fake-worker",
-        ).start()
+        if name == REMEASURE_TASK:  # the job's final re-measurement of its best few
+            target, task_args = remeasure_trials, (*args[:1], self.worker_id, FakeMeasurer())
+        else:
+            self.sent.append(list(args[0]))
+            target, task_args = measure_trials, (list(args[0]), self.worker_id, FakeMeasurer())
+        threading.Thread(target=target, args=(self.factory, *task_args), name="fake-worker").start()
 
 
 def test_job_runner_and_worker_lines_carry_job_and_trial_ids(sqlite_url, device_key, capture):

@@ -11,13 +11,15 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from autosched.db import JobWorkload, session_factory, session_scope
+from autosched.db import BestConfig, JobWorkload, session_factory, session_scope
 from autosched.hardware import detect_hardware
-from autosched.service.dispatch import DeviceGate
-from autosched.service.job_runner import run_job
+from autosched.service.dispatch import REMEASURE_TASK, DeviceGate
+from autosched.service.job_runner import REMEASURE_TOP, run_job
 from autosched.service.measure_trials import measure_trials
+from autosched.service.remeasure import remeasure_trials
 from autosched.settings import Settings
 from autosched.tune.database import config_digest
+from autosched.tune.measure import MeasureResult
 from autosched.tune.tune import target_key
 from services.scheduler.main import claim_jobs
 from tests.farm_support import (
@@ -45,15 +47,22 @@ class FakeFarm:
         self.paused = False
         self.fail_sends = False
         self.sent: list[list[int]] = []
+        self.remeasured: list[list[int]] = []
+        self.remeasure_measurer: FakeMeasurer | None = None
 
     def send_task(self, name: str, args: list, queue: str) -> None:
         if self.fail_sends:
             raise ConnectionError("broker unreachable")
-        self.sent.append(list(args[0]))
+        measurer = FakeMeasurer()
+        if name == REMEASURE_TASK:  # the job's final re-measurement of its best few
+            self.remeasured.append(list(args[0]))
+            target, measurer = remeasure_trials, self.remeasure_measurer or measurer
+        else:
+            self.sent.append(list(args[0]))
+            target = measure_trials
         if not self.paused:
             threading.Thread(
-                target=measure_trials,
-                args=(self.factory, list(args[0]), self.worker_id, FakeMeasurer()),
+                target=target, args=(self.factory, list(args[0]), self.worker_id, measurer)
             ).start()
 
 
@@ -190,3 +199,39 @@ def test_digest_helper_matches_rows(farm, device_key):
 
     for t in trials_of(factory, job_id):
         assert t.config_digest == config_digest(Config.from_json(t.config))
+
+
+class FasterAgain(FakeMeasurer):
+    """Re-measurements come back twice as fast (the first timings fell in a slow spell)."""
+
+    def measure(self, inputs):
+        return [
+            MeasureResult(r.status, r.latency / 2, latencies=(r.latency / 2,))
+            for r in super().measure(inputs)
+        ]
+
+
+def test_final_remeasurement_keeps_each_trials_lowest_timing(farm, device_key):
+    factory, app = farm
+    keys = store(factory, matmul(28, 36, 20, "jr_remeasure"))
+    job_id = create_job(factory, keys, device_key, trials=9, seed=5)
+    app.remeasure_measurer = FasterAgain()
+    assert _run(factory, app, job_id) == "succeeded"
+
+    (ids,) = app.remeasured  # one re-measurement: the 4 fastest and the static config
+    assert 2 <= len(ids) <= REMEASURE_TOP + 1
+    trials = {t.id: t for t in trials_of(factory, job_id)}
+    assert len(trials) == 9  # no extra trials: the budget is unchanged
+    for trial_id in ids:
+        t = trials[trial_id]
+        assert t.remeasured_at is not None
+        assert len(t.latencies) == 3 and t.latency == min(t.latencies) == t.latencies[0] / 2
+    fastest = min(trials.values(), key=lambda t: t.latency)
+    assert fastest.id in ids
+    with session_scope(factory) as session:
+        best = session.get(BestConfig, (keys[0], target_key(HW)))
+        assert best is not None and best.trial_id == fastest.id
+        assert best.latency == fastest.latency
+        (jw,) = session.scalars(select(JobWorkload).where(JobWorkload.job_id == job_id)).all()
+        static = trials[min(trials)]  # the static config is measured first
+        assert jw.static_latency == static.latency

@@ -72,6 +72,17 @@ def test_submit_tune_fetch_apply(service, device_key):
         assert [p.trial for p in done.curve] == list(range(1, 17))
         assert done.best_latency is not None and done.best_gflops > 0
 
+        # Before it ended, the job had a worker time its fastest few again (Celery task).
+        from sqlalchemy import func, select
+
+        from autosched.db import Trial, session_factory, session_scope
+
+        with session_scope(session_factory(service.settings.resolved_database_url)) as session:
+            remeasured = session.scalar(
+                select(func.count()).where(Trial.job_id == job.id, Trial.remeasured_at.is_not(None))
+            )
+        assert remeasured >= 2
+
         fetched = client.schedule(workload.key, target=done.target_key)
         assert fetched.source == "tuned"
         assert fetched.latency == pytest.approx(done.best_latency)

@@ -1,4 +1,5 @@
-"""The worker's one task: thin, it hands trial ids to ``autosched.service.measure_trials``.
+"""The worker's tasks: thin, they hand trial ids to ``autosched.service`` (measure a batch;
+re-measure a job's best few).
 
 A ``shared_task``, so it registers on whichever app the worker process builds from its
 settings. The process-wide context (database, worker id, the sandboxed measurer that lives
@@ -13,7 +14,8 @@ from celery import shared_task
 from sqlalchemy.orm import Session, sessionmaker
 
 from autosched.service import measure_trials as service
-from autosched.service.dispatch import MEASURE_TASK
+from autosched.service import remeasure
+from autosched.service.dispatch import MEASURE_TASK, REMEASURE_TASK
 from autosched.tune.measurer import Measurer
 
 
@@ -39,4 +41,14 @@ def measure_trials(trial_ids: list[int]) -> int:
         raise RuntimeError("worker context not configured: start workers with workers.main")
     return service.measure_trials(
         _context.factory, trial_ids, _context.worker_id, _context.measurer
+    )
+
+
+@shared_task(name=REMEASURE_TASK, ignore_result=True)
+def remeasure_trials(trial_ids: list[int], rounds: int = 2) -> int:
+    """Time finished trials again; returns how many got faster."""
+    if _context is None:
+        raise RuntimeError("worker context not configured: start workers with workers.main")
+    return remeasure.remeasure_trials(
+        _context.factory, trial_ids, _context.worker_id, _context.measurer, rounds
     )

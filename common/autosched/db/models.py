@@ -166,6 +166,9 @@ class Trial(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Set when a worker timed a finished trial again (the job's final re-measurement of its
+    # best few): ``latency`` then holds the lowest of all its timings.
+    remeasured_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class BestConfig(Base):

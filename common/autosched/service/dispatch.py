@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from autosched.db.models import Job, Trial, TrialState, Worker, WorkerState, utcnow
@@ -42,6 +42,7 @@ from autosched.wire import Workload
 log = logging.getLogger(__name__)
 
 MEASURE_TASK = "autosched.measure_trials"  # registered by workers/tasks.py
+REMEASURE_TASK = "autosched.remeasure_trials"
 CANCELLED_MESSAGE = "trial cancelled before a worker measured it"
 
 #: (-priority, created_at timestamp, job id): smaller goes first.
@@ -268,6 +269,40 @@ class DispatchMeasurer(Measurer):
             if pending is not None:
                 log.info("job %d: batch measured: %s", self.job_id, status_counts(results))
         return results
+
+    def remeasure(self, trial_ids: list[int], rounds: int = 2) -> bool:
+        """Have a worker time these finished trials again (each keeps its lowest latency)
+        and wait for it; False if no worker did within the re-dispatch time (the recorded
+        timings then stand)."""
+        if not trial_ids:
+            return True
+        self._check()
+        with (
+            log_context(trial_ids=trial_ids),
+            self.gate.slot(self.device_key, self.rank, self._check),
+        ):
+            sent = utcnow()
+            self.app.send_task(
+                REMEASURE_TASK, args=[trial_ids, rounds], queue=device_queue(self.device_key)
+            )
+            deadline = time.monotonic() + self.redispatch_s
+            while time.monotonic() < deadline:
+                with session_scope(self.factory) as session:
+                    self._check(session)
+                    waiting = session.scalar(
+                        select(func.count()).where(
+                            Trial.id.in_(trial_ids),
+                            Trial.state == TrialState.DONE,
+                            Trial.status == TrialStatus.OK,
+                            or_(Trial.remeasured_at.is_(None), Trial.remeasured_at < sent),
+                        )
+                    )
+                if not waiting:
+                    log.info("job %d: re-measured trials %s", self.job_id, trial_ids)
+                    return True
+                time.sleep(self.poll_s)
+        log.warning("job %d: no worker re-measured %s in time", self.job_id, trial_ids)
+        return False
 
 
 def status_counts(results: Iterable[MeasureResult]) -> str:
