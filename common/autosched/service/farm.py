@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from autosched.db.models import Trial, TrialState, Worker, WorkerState, utcnow
@@ -88,41 +88,52 @@ def online_workers(session: Session, device_key: str | None = None) -> list[Work
 
 def list_workers(session: Session) -> list[WorkerView]:
     """Every worker with its device queue depth and its own trial counts."""
-    depth = dict(
-        session.execute(
-            select(Trial.device_key, func.count())
-            .where(Trial.state.in_([TrialState.QUEUED, TrialState.RUNNING]))
-            .group_by(Trial.device_key)
-        ).all()
-    )
-    done = dict(
-        session.execute(
-            select(Trial.worker_id, func.count())
-            .where(Trial.state == TrialState.DONE)
-            .group_by(Trial.worker_id)
-        ).all()
-    )
-    failed = dict(
-        session.execute(
-            select(Trial.worker_id, func.count())
-            .where(Trial.state == TrialState.DONE, Trial.status != TrialStatus.OK)
-            .group_by(Trial.worker_id)
-        ).all()
-    )
+    depths = _queue_depths(session)
+    counts = _trial_counts(session)
     workers = session.scalars(select(Worker).order_by(Worker.device_key, Worker.id))
-    return [
-        WorkerView(
-            id=w.id,
-            device_key=w.device_key,
-            target_key=w.target_key,
-            hardware=w.hardware,
-            hostname=w.hostname,
-            state=w.state,
-            registered_at=w.registered_at,
-            last_heartbeat=w.last_heartbeat,
-            queue_depth=depth.get(w.device_key, 0),
-            trials_done=done.get(w.id, 0),
-            errors=failed.get(w.id, 0),
-        )
-        for w in workers
-    ]
+    return [_view(w, depths.get(w.device_key, 0), *counts.get(w.id, (0, 0))) for w in workers]
+
+
+def worker_view(session: Session, worker: Worker) -> WorkerView:
+    """One worker's view, with the queries filtered to it (heartbeats are frequent)."""
+    depth = _queue_depths(session, worker.device_key).get(worker.device_key, 0)
+    return _view(worker, depth, *_trial_counts(session, worker.id).get(worker.id, (0, 0)))
+
+
+def _queue_depths(session: Session, device_key: str | None = None) -> dict[str, int]:
+    """Trials queued or running, per device key."""
+    query = select(Trial.device_key, func.count()).where(
+        Trial.state.in_([TrialState.QUEUED, TrialState.RUNNING])
+    )
+    if device_key is not None:
+        query = query.where(Trial.device_key == device_key)
+    return dict(session.execute(query.group_by(Trial.device_key)).all())
+
+
+def _trial_counts(session: Session, worker_id: str | None = None) -> dict[str, tuple[int, int]]:
+    """Finished trials and failed ones among them, per worker."""
+    query = select(
+        Trial.worker_id,
+        func.count(),
+        func.sum(case((Trial.status != TrialStatus.OK, 1), else_=0)),
+    ).where(Trial.state == TrialState.DONE)
+    if worker_id is not None:
+        query = query.where(Trial.worker_id == worker_id)
+    rows = session.execute(query.group_by(Trial.worker_id)).all()
+    return {w: (done, errors or 0) for w, done, errors in rows}
+
+
+def _view(w: Worker, queue_depth: int, trials_done: int, errors: int) -> WorkerView:
+    return WorkerView(
+        id=w.id,
+        device_key=w.device_key,
+        target_key=w.target_key,
+        hardware=w.hardware,
+        hostname=w.hostname,
+        state=w.state,
+        registered_at=w.registered_at,
+        last_heartbeat=w.last_heartbeat,
+        queue_depth=queue_depth,
+        trials_done=trials_done,
+        errors=errors,
+    )
