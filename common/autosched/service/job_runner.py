@@ -42,6 +42,7 @@ from autosched.hardware import HardwareParams
 from autosched.logs import log_context
 from autosched.service.dispatch import DeviceGate, DispatchMeasurer
 from autosched.service.farm import online_workers
+from autosched.service.measure_trials import measure_inputs
 from autosched.service.workloads import ensure_template, load_stored
 from autosched.settings import Settings, get_settings
 from autosched.space import Config
@@ -306,17 +307,7 @@ class JobRunner:
     def _known(self, workload_key: str, target: str, config: Config) -> MeasureResult | None:
         """A recorded result of ``config`` from any job (configs are measured once)."""
         with session_scope(self.factory) as session:
-            row = session.scalars(
-                select(Trial)
-                .where(
-                    Trial.workload_key == workload_key,
-                    Trial.target_key == target,
-                    Trial.config_digest == config_digest(config),
-                    Trial.state == TrialState.DONE,
-                )
-                .order_by(Trial.id)
-                .limit(1)
-            ).first()
+            row = _recorded_trial(session, workload_key, target, config)
             return trial_result(row) if row is not None else None
 
     def _measure_static(
@@ -367,17 +358,10 @@ class JobRunner:
                     .order_by(Trial.id)
                 )
             )
-            keys = {t.workload_key for t in pending}
-            wires = dict(
-                session.execute(
-                    select(WorkloadRow.key, WorkloadRow.wire).where(WorkloadRow.key.in_(keys))
-                ).all()
-            )
+            inputs = measure_inputs(session, pending, hw.to_json())
         if pending:
             log.info("job %d: resuming, %d trials still in flight", self.job_id, len(pending))
-            measurer.measure(
-                [MeasureInput(wires[t.workload_key], t.config, hw.to_json()) for t in pending]
-            )
+            measurer.measure(inputs)
 
     def _tune(
         self, job: Job, workloads: list[_Workload], measurer: DispatchMeasurer, hw: HardwareParams
@@ -429,20 +413,10 @@ class JobRunner:
                     .order_by(Trial.latency, Trial.id)
                     .limit(REMEASURE_TOP)
                 ).all()
-                digest = config_digest(Config.from_json(w.template.static_config))
-                static_id = session.scalar(
-                    select(Trial.id)
-                    .where(
-                        Trial.workload_key == w.workload.key,
-                        Trial.target_key == target,
-                        Trial.config_digest == digest,
-                        ok,
-                    )
-                    .order_by(Trial.id)
-                    .limit(1)
-                )
-                if static_id is not None:
-                    static[w.row.id] = static_id
+                static_config = Config.from_json(w.template.static_config)
+                row = _recorded_trial(session, w.workload.key, target, static_config, verified=True)
+                if row is not None:
+                    static[w.row.id] = row.id
         ids = sorted(set(ids) | set(static.values()))
         if len(ids) < 2 or not measurer.remeasure(ids):
             return
@@ -506,6 +480,22 @@ class JobRunner:
             return JobState.FAILED if failed else None
         finally:
             self.lease.stop()
+
+
+def _recorded_trial(
+    session: Session, workload_key: str, target: str, config: Config, *, verified: bool = False
+) -> Trial | None:
+    """The first finished (with ``verified``: ok) trial of ``config`` on ``target``, from
+    any job."""
+    query = select(Trial).where(
+        Trial.workload_key == workload_key,
+        Trial.target_key == target,
+        Trial.config_digest == config_digest(config),
+        Trial.state == TrialState.DONE,
+    )
+    if verified:
+        query = query.where(Trial.status == TrialStatus.OK, Trial.latency.is_not(None))
+    return session.scalars(query.order_by(Trial.id).limit(1)).first()
 
 
 def _ok_latency(result: MeasureResult) -> float | None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -87,13 +89,34 @@ def measure_trials(
     stored (0 for a batch that was already measured). Lines logged meanwhile carry the
     batch's ``trial_ids`` and, for a batch of one job (what the scheduler sends), its
     ``job_id``."""
+    with batch_log_context(factory, trial_ids):
+        return _measure_trials(factory, trial_ids, worker_id, measurer)
+
+
+@contextmanager
+def batch_log_context(factory: sessionmaker[Session], trial_ids: Sequence[int]) -> Iterator[None]:
+    """Tag the lines logged while a worker handles a batch with its ``trial_ids`` and, for a
+    batch of one job (what the scheduler sends), its ``job_id``."""
     with log_context(trial_ids=trial_ids):
         with session_scope(factory) as session:
             jobs = session.scalars(
                 select(Trial.job_id).where(Trial.id.in_(list(trial_ids))).distinct()
             ).all()
         with log_context(job_id=jobs[0] if len(jobs) == 1 else None):
-            return _measure_trials(factory, trial_ids, worker_id, measurer)
+            yield
+
+
+def measure_inputs(
+    session: Session, trials: Sequence[Trial], hardware: dict[str, Any]
+) -> list[MeasureInput]:
+    """The measure inputs of stored trials (their workloads' wire documents read once)."""
+    keys = {t.workload_key for t in trials}
+    wires = dict(
+        session.execute(
+            select(WorkloadRow.key, WorkloadRow.wire).where(WorkloadRow.key.in_(keys))
+        ).all()
+    )
+    return [MeasureInput(wires[t.workload_key], t.config, hardware) for t in trials]
 
 
 def _measure_trials(
@@ -149,13 +172,8 @@ def _measure_claimed(
 ) -> int:
     with session_scope(factory) as session:
         trials = list(session.scalars(select(Trial).where(Trial.id.in_(claimed))))
-        keys = {t.workload_key for t in trials}
-        wires = {
-            row.key: row.wire
-            for row in session.scalars(select(WorkloadRow).where(WorkloadRow.key.in_(keys)))
-        }
-    trials.sort(key=lambda t: claimed.index(t.id))
-    inputs = [MeasureInput(wires[t.workload_key], t.config, hardware) for t in trials]
+        trials.sort(key=lambda t: claimed.index(t.id))
+        inputs = measure_inputs(session, trials, hardware)
     start = time.monotonic()
     try:
         results = measurer.measure(inputs)
@@ -180,17 +198,32 @@ def _measure_claimed(
         len(claimed),
     )
 
-    fastest: dict[tuple[str, str], tuple[Trial, MeasureResult]] = {}
-    for trial, result in stored:
-        if result.status != TrialStatus.OK or not math.isfinite(result.latency):
-            continue
-        key = (trial.workload_key, trial.target_key)
-        if key not in fastest or result.latency < fastest[key][1].latency:
-            fastest[key] = (trial, result)
-    hw = HardwareParams.from_json(hardware)
-    for trial, result in fastest.values():
-        offer_best(factory, trial, result.latency, hw, worker_id, device_key)
+    verified = [
+        (trial, result.latency)
+        for trial, result in stored
+        if result.status == TrialStatus.OK and math.isfinite(result.latency)
+    ]
+    offer_fastest(factory, verified, hardware, worker_id, device_key)
     return len(stored)
+
+
+def offer_fastest(
+    factory: sessionmaker[Session],
+    timed: Sequence[tuple[Trial, float]],
+    hardware: dict[str, Any],
+    worker_id: str,
+    device_key: str,
+) -> None:
+    """Offer the fastest of ``timed`` (verified trials with their latency) per workload and
+    target as its best config: one trace export each, not one per trial."""
+    fastest: dict[tuple[str, str], tuple[Trial, float]] = {}
+    for trial, latency in timed:
+        key = (trial.workload_key, trial.target_key)
+        if key not in fastest or latency < fastest[key][1]:
+            fastest[key] = (trial, latency)
+    hw = HardwareParams.from_json(hardware)
+    for trial, latency in fastest.values():
+        offer_best(factory, trial, latency, hw, worker_id, device_key)
 
 
 def offer_best(

@@ -15,12 +15,10 @@ from collections.abc import Sequence
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from autosched.db.models import Trial, TrialState, Worker, WorkloadRow, utcnow
+from autosched.db.models import Trial, TrialState, Worker, utcnow
 from autosched.db.session import session_scope
-from autosched.hardware import HardwareParams
-from autosched.logs import log_context
-from autosched.service.measure_trials import offer_best
-from autosched.tune.measure import MeasureInput, TrialStatus
+from autosched.service.measure_trials import batch_log_context, measure_inputs, offer_fastest
+from autosched.tune.measure import TrialStatus
 from autosched.tune.measurer import Measurer
 
 log = logging.getLogger(__name__)
@@ -35,13 +33,8 @@ def remeasure_trials(
 ) -> int:
     """Time the verified trials among ``trial_ids`` ``rounds`` more times (interleaved);
     returns how many got a lower latency."""
-    with log_context(trial_ids=trial_ids):
-        with session_scope(factory) as session:
-            jobs = session.scalars(
-                select(Trial.job_id).where(Trial.id.in_(list(trial_ids))).distinct()
-            ).all()
-        with log_context(job_id=jobs[0] if len(jobs) == 1 else None):
-            return _remeasure(factory, trial_ids, worker_id, measurer, rounds)
+    with batch_log_context(factory, trial_ids):
+        return _remeasure(factory, trial_ids, worker_id, measurer, rounds)
 
 
 def _remeasure(
@@ -69,15 +62,9 @@ def _remeasure(
                 .order_by(Trial.id)
             )
         )
-        keys = {t.workload_key for t in trials}
-        wires = dict(
-            session.execute(
-                select(WorkloadRow.key, WorkloadRow.wire).where(WorkloadRow.key.in_(keys))
-            ).all()
-        )
+        inputs = measure_inputs(session, trials, hardware)
     if not trials:
         return 0
-    inputs = [MeasureInput(wires[t.workload_key], t.config, hardware) for t in trials]
     results = measurer.measure(inputs * rounds)  # every config once per round
 
     lowest: dict[int, float] = {}
@@ -111,7 +98,5 @@ def _remeasure(
         rounds,
         len(improved),
     )
-    hw = HardwareParams.from_json(hardware)
-    for trial, latency in improved:
-        offer_best(factory, trial, latency, hw, worker_id, device_key)
+    offer_fastest(factory, improved, hardware, worker_id, device_key)
     return len(improved)
