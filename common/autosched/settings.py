@@ -31,6 +31,15 @@ class Settings(BaseSettings):
     max_tensor_bytes: int = 4 * 1024**3
     max_total_bytes: int = 16 * 1024**3
     max_json_bytes: int = 4 * 1024**2
+    # Work limits, so that no document costs more than its size suggests (a reduce extent of
+    # 2**52 over a 4x4 input passes every byte limit). Real networks stay far below: the
+    # largest LLM matmuls are ~2**41 iterations, a flattened 4 GiB tensor 2**30 elements.
+    max_axis_extent: int = Field(default=2**30, ge=1)
+    max_stage_iterations: int = Field(default=2**44, ge=1)  # spatial x reduction extents
+    max_workload_iterations: int = Field(default=2**46, ge=1)  # summed over stages
+    # Building a workload's PrimFunc, analysis and template runs in a sandbox process that is
+    # killed after this long (the API answers 422), so no request holds the API.
+    template_timeout_s: float = Field(default=30.0, gt=0)
 
     # Service: where state lives. Unset URLs mean the embedded default under data_dir.
     data_dir: Path = Path(".autosched")
@@ -62,6 +71,24 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=8, ge=1)
     # A dispatched trial nobody finished after this long is sent again (idempotent).
     trial_redispatch_s: float = Field(default=600.0, gt=0)
+
+    # Sandboxes (builder and runner processes): per-process address space (None: the
+    # machine's memory shared among the pool, at most 8 GiB) and CPU seconds per process.
+    sandbox_memory_bytes: int | None = Field(default=None, ge=256 * 1024**2)
+    sandbox_cpu_s: int = Field(default=600, ge=1)
+
+    # Abuse limits (limits-library rate strings: "120/minute"). Anonymous reads are limited
+    # per client address, submissions (workloads, jobs, lookups) per token.
+    anonymous_rate_limit: str = "300/minute"
+    submit_rate_limit: str = "60/minute"
+    # Per-token quotas: jobs queued or running at once, workloads in one job, trials in one
+    # job (all workloads together).
+    quota_active_jobs: int = Field(default=16, ge=1)
+    quota_workloads_per_job: int = Field(default=64, ge=1)
+    quota_trials_per_job: int = Field(default=20_000, ge=1)
+    # Origins (scheme://host[:port]) besides the API's own that may send state-changing
+    # requests from a browser; requests without an Origin header (CLI, curl) are not browsers.
+    allowed_origins: list[str] = Field(default_factory=list)
 
     log_json: bool = False
 

@@ -32,7 +32,8 @@ from collections.abc import Callable
 from typing import Any
 
 RUN_HANDLER = "autosched.tune.runner.sandbox:handle"
-_ALLOWED_PREFIX = "autosched.tune."
+# Handler modules a sandbox may import (argv is ours, but keep the door narrow).
+_ALLOWED_PREFIX = ("autosched.tune.", "autosched.service.workload_sandbox")
 _STDERR_TAIL = 2000
 
 
