@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from tvm import te
 
 from autosched.db import Job, JobWorkload, Trial, TrialState, session_factory, session_scope
+from autosched.db.models import Device
 from autosched.hardware import HardwareParams
 from autosched.settings import Settings
 from autosched.wire import serialize
@@ -61,6 +62,38 @@ def host_hardware(client: TestClient) -> HardwareParams:
 
 def unique_device() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+#: Valid hardware that is not this machine's (tests that need a second, different device).
+HASWELL = HardwareParams(2, 256, 32768, 524288, 8388608, "haswell")
+
+
+def hardware_doc(hw: HardwareParams = HASWELL) -> dict[str, Any]:
+    return {**hw.to_json(), "cpu_model": "test cpu", "cuda_devices": []}
+
+
+def registration(
+    device_key: str, worker_id: str | None = None, hw: HardwareParams = HASWELL, **extra: Any
+) -> dict[str, Any]:
+    """A valid ``POST /v1/workers/register`` body (target key and target left to the server)."""
+    return {
+        "worker_id": worker_id or f"host-1:42:{uuid.uuid4().hex[:8]}",
+        "device_key": device_key,
+        "hardware": hardware_doc(hw),
+        "hostname": "host-1",
+        **extra,
+    }
+
+
+def known_device(db_url: str, hw: HardwareParams = HASWELL) -> str:
+    """A fresh device key with pinned hardware, as a worker's first registration leaves it
+    (jobs may only name a key some worker registered)."""
+    from autosched.tune.tune import target_key
+
+    key = unique_device()
+    with db(db_url) as session:
+        session.add(Device(key=key, target_key=target_key(hw), hardware=hw.to_json()))
+    return key
 
 
 def add_trial(

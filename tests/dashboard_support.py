@@ -12,16 +12,8 @@ from typing import Any
 from autosched.db import BestConfig, Job, JobState, JobWorkload, TrialState, WorkloadRow
 from autosched.db.models import utcnow
 from autosched.tune.measure import TrialStatus
-from tests.api_support import add_trial, db, matmul
+from tests.api_support import add_trial, db, matmul, registration
 
-HARDWARE = {
-    "num_cores": 4,
-    "vector_bits": 256,
-    "l1_bytes": 32768,
-    "l2_bytes": 1048576,
-    "l3_bytes": 8388608,
-    "mcpu": "testcpu",
-}
 BUILD_ERROR = (
     "Traceback (most recent call last):\n"
     '  File "build.py", line 3, in build\n'
@@ -42,17 +34,12 @@ class Seeded:
     trial_ids: dict[str, int] = field(default_factory=dict)
 
 
-def register_worker(client: Any, device_key: str, target_key: str, **headers: str) -> str:
+def register_worker(client: Any, device_key: str, **headers: str) -> str:
+    """A worker of ``device_key`` (test hardware: the server derives its target key)."""
     worker_id = f"dash-host:1:{device_key}"
-    reg = {
-        "worker_id": worker_id,
-        "device_key": device_key,
-        "target_key": target_key,
-        "target": {"kind": "llvm"},
-        "hardware": HARDWARE,
-        "hostname": "dash-host",
-    }
-    r = client.post("/v1/workers/register", json=reg, headers=headers)
+    r = client.post(
+        "/v1/workers/register", json=registration(device_key, worker_id), headers=headers
+    )
     assert r.status_code == 200, r.text
     return worker_id
 
@@ -72,7 +59,7 @@ def seed_job(
     name = f"dash_mm_{uuid.uuid4().hex[:6]}"
     doc, _ = matmul(name=name)
     device_key = f"test-dash-{uuid.uuid4().hex[:8]}"
-    worker_id = register_worker(client, device_key, target_key, **headers)
+    worker_id = register_worker(client, device_key, **headers)
     created = client.post(
         "/v1/jobs",
         json={"workloads": [doc], "device_key": device_key, "trials": trials},

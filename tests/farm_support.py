@@ -23,6 +23,7 @@ from autosched.db import Job, JobWorkload, Trial, TrialState, session_scope
 from autosched.hardware import detect_hardware
 from autosched.service import farm
 from autosched.service.schemas import WorkerRegister
+from autosched.service.tokens import Caller
 from autosched.service.workloads import store_workload
 from autosched.tune.measure import MeasureInput, MeasureResult, TrialStatus
 from autosched.tune.measurer import Measurer
@@ -80,7 +81,8 @@ def create_job(
 
 
 def register_worker(factory: sessionmaker[Session], device_key: str) -> str:
-    """A worker row for in-process tests (no Celery worker behind it)."""
+    """A worker row for in-process tests (no Celery worker behind it), registered as the
+    workers do: through the database, a trusted caller."""
     from autosched.tune.tune import target_key
 
     hw = detect_hardware()
@@ -94,7 +96,7 @@ def register_worker(factory: sessionmaker[Session], device_key: str) -> str:
         hostname="test",
     )
     with session_scope(factory) as session:
-        farm.register_worker(session, reg)
+        farm.register_worker(session, reg, caller=Caller.trusted())
     return worker_id
 
 

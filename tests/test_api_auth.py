@@ -11,7 +11,7 @@ from sqlalchemy import select
 from autosched.db import ApiToken
 from autosched.errors import AuthenticationError, PermissionDeniedError
 from autosched.service.tokens import authenticate, create_token, revoke_token
-from tests.api_support import api_client, db, matmul, unique_device
+from tests.api_support import api_client, db, known_device, matmul
 
 
 def _token(db_url: str, *scopes: str) -> str:
@@ -38,13 +38,15 @@ def test_scopes(db_url, tmp_path):
         assert right.status_code == 201, right.text
 
         key = right.json()["key"]
-        job = {"workload_keys": [key], "device_key": unique_device()}
+        job = {"workload_keys": [key], "device_key": known_device(db_url)}
         assert client.post("/v1/jobs", json=job, headers=_auth(worker)).status_code == 403
         created = client.post("/v1/jobs", json=job, headers=_auth(admin))  # admin: every scope
         assert created.status_code == 201
         job_id = created.json()["id"]
         assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 401
-        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=_auth(submit)).status_code == 200
+        # Admin's job: a submit token may not cancel it; admin may.
+        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=_auth(submit)).status_code == 403
+        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=_auth(admin)).status_code == 200
 
         beat = "/v1/workers/nobody:0:0/heartbeat"
         assert client.post(beat, headers=_auth(submit)).status_code == 403
@@ -56,6 +58,7 @@ def test_scopes(db_url, tmp_path):
         made = client.post("/v1/tokens", json=new, headers=_auth(admin))
         assert made.status_code == 201
         assert made.json()["token"].startswith("as_") and made.json()["scopes"] == ["submit"]
+        assert made.json()["device_keys"] == []
         fresh = made.json()["token"]
         assert client.post("/v1/workloads", json=doc, headers=_auth(fresh)).status_code == 200
 

@@ -8,31 +8,24 @@ import pytest
 from sqlalchemy import func, select
 
 from autosched.db import Job, JobState, Trial, TrialState, WorkloadRow
+from autosched.hardware import HardwareParams
+from autosched.tune.tune import target_key
 from autosched.wire import Workload
-from tests.api_support import add_trial, api_client, db, job_workloads, matmul, unique_device
-
-
-def _worker(device_key: str, target_key: str) -> dict:
-    return {
-        "worker_id": f"host:1:{device_key}",
-        "device_key": device_key,
-        "target_key": target_key,
-        "target": {"kind": "llvm"},
-        "hardware": {
-            "num_cores": 1,
-            "vector_bits": 256,
-            "l1_bytes": 32768,
-            "l2_bytes": 524288,
-            "l3_bytes": 8388608,
-            "mcpu": "test",
-        },
-        "hostname": "host",
-    }
+from tests.api_support import (
+    add_trial,
+    api_client,
+    db,
+    job_workloads,
+    known_device,
+    matmul,
+    registration,
+    unique_device,
+)
 
 
 def test_create_list_get(db_url, tmp_path):
     doc, _ = matmul()
-    device = unique_device()
+    device = known_device(db_url)
     with api_client(db_url, tmp_path) as client:
         created = client.post(
             "/v1/jobs",
@@ -79,7 +72,7 @@ def test_unknown_job_is_404(db_url, tmp_path):
 def test_invalid_job_requests_are_422(db_url, tmp_path):
     doc, _ = matmul()
     bad = dict(doc, placeholders=[])
-    device = unique_device()
+    device = known_device(db_url)
     with api_client(db_url, tmp_path) as client:
         unknown_key = client.post(
             "/v1/jobs", json={"workload_keys": ["v1-ffffffffffffffff"], "device_key": device}
@@ -98,6 +91,13 @@ def test_invalid_job_requests_are_422(db_url, tmp_path):
 
         nothing = client.post("/v1/jobs", json={"device_key": device})
         assert nothing.status_code == 422  # the schema's own validation
+
+        never_registered = unique_device()
+        unknown_device = client.post(
+            "/v1/jobs", json={"workloads": [doc], "device_key": never_registered}
+        )
+        assert unknown_device.status_code == 422
+        assert "no worker has ever registered it" in unknown_device.json()["detail"]
     with db(db_url) as session:  # a refused job leaves nothing behind
         assert session.scalar(select(func.count()).where(Job.device_key == device)) == 0
         assert session.get(WorkloadRow, Workload.from_json(doc).key) is None
@@ -106,9 +106,12 @@ def test_invalid_job_requests_are_422(db_url, tmp_path):
 def test_target_resolves_to_an_online_workers_device(db_url, tmp_path):
     doc, _ = matmul()
     device = unique_device()
-    target = f"llvm/{device}/1c/256b"
+    # A target no other test's worker serves: cores the session's other tests never use.
+    hw = HardwareParams(1000 + int(device[-3:], 16) % 24, 256, 32768, 524288, 8388608, "haswell")
+    target = target_key(hw)
     with api_client(db_url, tmp_path) as client:
-        assert client.post("/v1/workers/register", json=_worker(device, target)).status_code == 200
+        registered = client.post("/v1/workers/register", json=registration(device, hw=hw))
+        assert registered.status_code == 200, registered.text
         job = client.post("/v1/jobs", json={"workloads": [doc], "target": target})
         assert job.status_code == 201, job.text
         assert job.json()["device_key"] == device
@@ -118,7 +121,7 @@ def test_target_resolves_to_an_online_workers_device(db_url, tmp_path):
 def test_cancel_queued_job(db_url, tmp_path):
     doc, _ = matmul()
     with api_client(db_url, tmp_path) as client:
-        job = client.post("/v1/jobs", json={"workloads": [doc], "device_key": unique_device()})
+        job = client.post("/v1/jobs", json={"workloads": [doc], "device_key": known_device(db_url)})
         job_id, key = job.json()["id"], job.json()["workloads"][0]["workload_key"]
         with db(db_url) as session:
             queued = add_trial(session, job_id, key, state=TrialState.QUEUED).id
@@ -139,7 +142,7 @@ def test_cancel_queued_job(db_url, tmp_path):
 def test_cancel_running_job_asks_its_scheduler(db_url, tmp_path):
     doc, _ = matmul()
     with api_client(db_url, tmp_path) as client:
-        job = client.post("/v1/jobs", json={"workloads": [doc], "device_key": unique_device()})
+        job = client.post("/v1/jobs", json={"workloads": [doc], "device_key": known_device(db_url)})
         job_id, key = job.json()["id"], job.json()["workloads"][0]["workload_key"]
         with db(db_url) as session:
             session.get(Job, job_id).state = JobState.RUNNING
@@ -163,7 +166,7 @@ def test_job_numbers_come_from_its_trials(db_url, tmp_path):
     with api_client(db_url, tmp_path) as client:
         job = client.post(
             "/v1/jobs",
-            json={"workloads": [doc1, doc2], "device_key": unique_device(), "trials": 4},
+            json={"workloads": [doc1, doc2], "device_key": known_device(db_url), "trials": 4},
         ).json()
         job_id = job["id"]
         k1, k2 = (w["workload_key"] for w in job["workloads"])
@@ -237,7 +240,7 @@ def test_job_best_waits_for_every_workload(db_url, tmp_path):
     (doc1, _), (doc2, _) = matmul(), matmul()
     with api_client(db_url, tmp_path) as client:
         job = client.post(
-            "/v1/jobs", json={"workloads": [doc1, doc2], "device_key": unique_device()}
+            "/v1/jobs", json={"workloads": [doc1, doc2], "device_key": known_device(db_url)}
         ).json()
         k1, k2 = (w["workload_key"] for w in job["workloads"])
         with db(db_url) as session:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tvm
 
-from autosched.db import BestConfig
+from autosched.db import BestConfig, WorkloadRow
 from autosched.hardware import HardwareParams, cpu_target
 from autosched.schedule import apply_config, trace_json
 from autosched.space import Config, Template
@@ -97,11 +97,22 @@ def test_lookup_computes_the_key_and_applies_on_the_client(db_url, tmp_path):
         response = client.post("/v1/schedules/lookup", json={"workload": doc})
         assert response.status_code == 200, response.text
         view = response.json()
-        # Stored by the lookup: a second lookup and a fetch by key agree.
+        # A lookup stores nothing (anonymous readers cannot fill the database)...
+        with db(db_url) as session:
+            assert session.get(WorkloadRow, workload.key) is None
+        assert client.get(f"/v1/schedules/{workload.key}").status_code == 404
         assert client.post("/v1/schedules/lookup", json={"workload": doc}).json() == view
+        # ...and once the workload is submitted, a fetch by key gives the same schedule.
+        assert client.post("/v1/workloads", json=doc).status_code == 201
         assert client.get(f"/v1/schedules/{workload.key}").json() == view
+        assert client.post("/v1/schedules/lookup", json={"workload": doc}).json() == view
         bad = client.post("/v1/schedules/lookup", json={"workload": {"format_version": 1}})
         assert bad.status_code == 422 and "path" in bad.json()
+        for target in ("x" * 10_000, "../../etc/passwd", "llvm/a b/2c/256b"):
+            bad_target = client.post(
+                "/v1/schedules/lookup", json={"workload": doc, "target": target}
+            )
+            assert bad_target.status_code == 422, target
     assert view["workload_key"] == workload.key and view["source"] == "static"
 
     # What a client does with the answer: apply it to its own PrimFunc, build, compare.
@@ -114,3 +125,17 @@ def test_lookup_computes_the_key_and_applies_on_the_client(db_url, tmp_path):
     c = tvm.runtime.tensor(np.zeros((64, 64), np.float32))
     lib(tvm.runtime.tensor(a), tvm.runtime.tensor(b), c)
     np.testing.assert_allclose(c.numpy(), (a @ b) * np.float32(salt), rtol=1e-4, atol=1e-4)
+
+
+def test_keys_and_targets_are_bounded(sqlite_url, tmp_path):
+    """Malformed or oversized keys and targets are 422 before any query (404 if well formed)."""
+    with api_client(sqlite_url, tmp_path) as client:
+        assert client.get("/v1/schedules/v1-0000000000000000").status_code == 404
+        for key in ("v1-" + "0" * 5000, "nope", "v1-000000000000000G", "'; drop table x"):
+            assert client.get(f"/v1/schedules/{key}").status_code == 422, key
+            assert client.get(f"/v1/workloads/{key}").status_code == 422, key
+        for target in ("x" * 5000, "llvm/a b/2c/256b", "llvm/znver3/2c", "../../etc/passwd"):
+            response = client.get("/v1/schedules/v1-0000000000000000", params={"target": target})
+            assert response.status_code == 422, target
+        ok_target = {"target": "llvm/znver3/2c/256b"}
+        assert client.get("/v1/schedules/v1-0000000000000000", params=ok_target).status_code == 404

@@ -7,25 +7,16 @@ from datetime import timedelta
 
 from autosched.db import Trial, TrialState, Worker, WorkerState
 from autosched.db.models import utcnow
-from tests.api_support import add_trial, api_client, db, matmul, unique_device
+from tests.api_support import add_trial, api_client, db, matmul, registration, unique_device
 
 
 def _registration(device: str, worker_id: str) -> dict:
-    return {
-        "worker_id": worker_id,
-        "device_key": device,
-        "target_key": "llvm/test/1c/256b",
-        "target": {"kind": "llvm", "mcpu": "test"},
-        "hardware": {
-            "num_cores": 1,
-            "vector_bits": 256,
-            "l1_bytes": 32768,
-            "l2_bytes": 524288,
-            "l3_bytes": 8388608,
-            "mcpu": "test",
-        },
-        "hostname": "bench-1",
-    }
+    return registration(
+        device,
+        worker_id,
+        target_key="llvm/haswell/2c/256b",
+        target={"kind": "llvm", "mcpu": "haswell", "num-cores": 2},
+    )
 
 
 def test_register_heartbeat_list(db_url, tmp_path):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 
 from sqlalchemy import func, select
 
 from autosched.db import TemplateRow, WorkloadRow
+from autosched.settings import get_settings
 from autosched.tune.tune import target_key
 from autosched.wire import Workload
 from tests.api_support import api_client, db, host_hardware, matmul
+from tests.test_workload_sandbox import chain
 
 
 def test_submit_workload_stores_once(db_url, tmp_path):
@@ -137,3 +140,31 @@ def test_openapi_lists_the_v1_routes(sqlite_url, tmp_path):
         ):
             assert path in paths
         assert client.get("/docs").status_code == 200
+
+
+def test_declaration_too_slow_to_analyse_is_422_and_not_stored(db_url, tmp_path, monkeypatch):
+    slow = chain(200)  # valid, but ~0.5 s of analysis: ten times the limit set below
+    with api_client(db_url, tmp_path) as client:
+        client.post("/v1/schedules/lookup", json={"workload": matmul()[0]})  # sandbox started
+        with db(db_url) as session:
+            before = session.scalar(select(func.count()).select_from(WorkloadRow))
+        # The service reads the global settings (as every API process does).
+        monkeypatch.setenv("AUTOSCHED_TEMPLATE_TIMEOUT_S", "0.05")
+        get_settings.cache_clear()
+        try:
+            start = time.monotonic()
+            for route, body in (
+                ("/v1/workloads", slow),
+                ("/v1/schedules/lookup", {"workload": slow}),
+            ):
+                response = client.post(route, json=body)
+                assert response.status_code == 422, response.text[:500]
+                assert "longer than template_timeout_s=0.05" in response.json()["detail"]
+            assert time.monotonic() - start < 5.0
+        finally:
+            monkeypatch.delenv("AUTOSCHED_TEMPLATE_TIMEOUT_S")
+            get_settings.cache_clear()
+        # The sandbox that was killed is replaced: the next declaration is analysed.
+        assert client.post("/v1/workloads", json=matmul()[0]).status_code == 201
+    with db(db_url) as session:
+        assert session.scalar(select(func.count()).select_from(WorkloadRow)) == before + 1

@@ -185,3 +185,15 @@ def test_reference_computed_once_and_cached(work_dir, hw, tmp_path):
         assert x.status == TrialStatus.OK, x.error
         assert r.reference_computations == 0
     assert os.stat(path).st_mtime_ns == mtime
+
+
+def test_relative_work_dir_survives_the_private_cwd(hw, tmp_path, monkeypatch):
+    # Sandboxes run in their own directories: a relative work_dir must mean the caller's.
+    monkeypatch.chdir(tmp_path)
+    (good,) = _inputs("matmul_awkward", hw)
+    with LocalBuilder("artifacts", max_workers=1, timeout_s=30) as b:
+        (r,) = b.build([good])
+    assert r.status == TrialStatus.OK, r.error
+    assert r.artifact_path is not None
+    assert Path(r.artifact_path).parent == tmp_path / "artifacts"
+    assert Path(r.artifact_path).exists()

@@ -23,6 +23,7 @@ from autosched.errors import (
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
+    QuotaExceededError,
 )
 from autosched.service.schemas import (
     JobDetail,
@@ -36,6 +37,7 @@ from autosched.service.schemas import (
 from autosched.settings import Settings
 
 URL = "http://api.test"
+KEY = "v1-0123456789abcdef"  # a well-formed workload key (the schemas check the shape)
 NOW = datetime.now(UTC)
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -56,6 +58,9 @@ def make(handler: Handler, token: str | None = "t0k", retries: int = 3) -> Clien
 
 
 def job_doc(state: str = "running", done: int = 8, **extra: Any) -> dict[str, Any]:
+    # Ages are shown relative to the clock when the table is printed: read it now, not at
+    # import (a long test session would make the job look older than 5 minutes).
+    now = datetime.now(UTC)
     return {
         "id": 42,
         "state": state,
@@ -80,8 +85,8 @@ def job_doc(state: str = "running", done: int = 8, **extra: Any) -> dict[str, An
             }
         ],
         "error": None,
-        "created_at": (NOW - timedelta(minutes=5)).isoformat(),
-        "started_at": NOW.isoformat(),
+        "created_at": (now - timedelta(minutes=5)).isoformat(),
+        "started_at": now.isoformat(),
         "finished_at": None,
         **extra,
     }
@@ -128,7 +133,7 @@ WORKLOAD_VIEW = {
         }
     ],
     "template": {"workload_key": "abc", "stages": []},
-    "target_key": "llvm/x",
+    "target_key": "llvm/x86-64/2c/256b",
     "created": True,
 }
 TOKEN = {"id": 3, "name": "ci", "scopes": ["submit", "worker"], "token": "secret-value"}
@@ -212,11 +217,17 @@ def test_every_endpoint_parses_into_its_schema(static_view):
         assert body() == doc
         assert client.workload("abc").stages[0].extents == [64, 64, 64]
 
-        job = client.submit_job(["abc", doc], target="llvm/x", trials=8, priority=5, seed=1)
+        job = client.submit_job(
+            [KEY, doc], target="llvm/x86-64/2c/256b", trials=8, priority=5, seed=1
+        )
         assert isinstance(job, JobView) and job.state == "queued"
         sent = body()
-        assert sent["workload_keys"] == ["abc"] and sent["workloads"] == [doc]
-        assert (sent["target"], sent["device_key"], sent["trials"]) == ("llvm/x", None, 8)
+        assert sent["workload_keys"] == [KEY] and sent["workloads"] == [doc]
+        assert (sent["target"], sent["device_key"], sent["trials"]) == (
+            "llvm/x86-64/2c/256b",
+            None,
+            8,
+        )
         assert (sent["strategy"], sent["priority"], sent["seed"]) == ("evolutionary", 5, 1)
 
         listed = client.jobs(state="running")
@@ -226,17 +237,20 @@ def test_every_endpoint_parses_into_its_schema(static_view):
         assert isinstance(detail, JobDetail) and detail.curve[0].gflops == 5.24
         assert client.cancel_job(42).state == "cancelled"
 
-        view = client.schedule("abc", target="llvm/x")
-        assert isinstance(view, ScheduleView) and seen[-1].url.params["target"] == "llvm/x"
-        assert client.lookup_schedule(doc, target="llvm/x").source == "static"
-        assert body() == {"workload": doc, "target": "llvm/x"}
+        view = client.schedule("abc", target="llvm/x86-64/2c/256b")
+        assert (
+            isinstance(view, ScheduleView)
+            and seen[-1].url.params["target"] == "llvm/x86-64/2c/256b"
+        )
+        assert client.lookup_schedule(doc, target="llvm/x86-64/2c/256b").source == "static"
+        assert body() == {"workload": doc, "target": "llvm/x86-64/2c/256b"}
 
         reg = WorkerRegister(
             worker_id="w1",
             device_key="dev-a",
-            target_key="llvm/x",
-            target={},
-            hardware={},
+            target_key="llvm/x86-64/2c/256b",
+            target={"kind": "llvm"},
+            hardware={"num_cores": 8},
             hostname="box",
         )
         assert isinstance(client.register_worker(reg), WorkerView)
@@ -246,14 +260,18 @@ def test_every_endpoint_parses_into_its_schema(static_view):
 
         created = client.create_token("ci", ["submit", "worker"])
         assert isinstance(created, TokenCreated) and created.token == "secret-value"
-        assert body() == {"name": "ci", "scopes": ["submit", "worker"]}
+        assert body() == {"name": "ci", "scopes": ["submit", "worker"], "device_keys": []}
+        client.create_token("w", ["worker"], device_keys=["dev-a"])
+        assert body()["device_keys"] == ["dev-a"]
+        with pytest.raises(InvalidRequestError):  # refused before sending: no such key shape
+            client.create_token("w", ["worker"], device_keys=["dev a/.."])
         assert client.healthz() is True
         assert client.readyz() == {"database": "ok", "broker": "ok"}
 
 
 def test_submit_needs_a_target_before_sending():
     with make(lambda r: pytest.fail("sent")) as client, pytest.raises(InvalidRequestError) as e:
-        client.submit_job(["abc"])
+        client.submit_job([KEY])
     assert "give device_key or target" in str(e.value)
 
 
@@ -269,6 +287,7 @@ def test_submit_needs_a_target_before_sending():
         (400, InvalidRequestError),
         (401, AuthenticationError),
         (403, PermissionDeniedError),
+        (429, QuotaExceededError),
         (500, ApiError),
     ],
 )
@@ -294,7 +313,7 @@ def test_fastapi_validation_list_becomes_a_readable_message():
         return httpx.Response(422, json={"detail": detail})
 
     with make(handler) as client, pytest.raises(InvalidRequestError) as caught:
-        client.submit_job(["abc"], target="t")
+        client.submit_job([KEY], target="llvm/x86-64/2c/256b")
     assert caught.value.detail == (
         "trials: Input should be <= 100000; workloads[0].stages: Field required; give workload_keys"
     )
@@ -394,7 +413,7 @@ def test_job_submission_is_not_retried_once_it_may_have_arrived():
     for answer in (read_error, lambda r: httpx.Response(503, json={"detail": "busy"})):
         handler, calls = counting(answer)
         with make(handler) as client, pytest.raises(ApiError):
-            client.submit_job(["abc"], target="t")
+            client.submit_job([KEY], target="llvm/x86-64/2c/256b")
         assert calls == ["POST /v1/jobs"]
 
 
@@ -402,7 +421,7 @@ def test_job_submission_is_retried_when_no_connection_was_made():
     answers = iter([refuse, refuse, lambda r: httpx.Response(201, json=job_doc("queued", 0))])
     handler, calls = counting(lambda r: next(answers)(r))
     with make(handler) as client:
-        assert client.submit_job(["abc"], device_key="dev-a").id == 42
+        assert client.submit_job([KEY], device_key="dev-a").id == 42
     assert len(calls) == 3
 
 
@@ -557,13 +576,25 @@ def workload_file(tmp_path, matmul):
 def test_cli_submit_prints_the_job_id(run_cli, workload_file, matmul):
     api = FakeApi()
     result = run_cli(
-        api, "--token", "abc", "submit", str(workload_file), "--trials", "8", "--target", "llvm/x"
+        api,
+        "--token",
+        "abc",
+        "submit",
+        str(workload_file),
+        "--trials",
+        "8",
+        "--target",
+        "llvm/x86-64/2c/256b",
     )
     assert result.exit_code == 0, result.output
     assert result.stdout == "42\n"
     assert api.requests[0].headers["authorization"] == "Bearer abc"
     sent = api.body()
-    assert (sent["trials"], sent["target"], sent["workloads"]) == (8, "llvm/x", [matmul.to_json()])
+    assert (sent["trials"], sent["target"], sent["workloads"]) == (
+        8,
+        "llvm/x86-64/2c/256b",
+        [matmul.to_json()],
+    )
 
 
 def test_cli_submit_defaults_to_this_machines_target(run_cli, workload_file):
@@ -612,7 +643,13 @@ def test_cli_workers_table(run_cli):
 def test_cli_fetch_prints_and_builds(run_cli, workload_file, static_view, tmp_path):
     out = tmp_path / "mm.so"
     result = run_cli(
-        FakeApi(static_view), "fetch", str(workload_file), "--target", "x", "--out", str(out)
+        FakeApi(static_view),
+        "fetch",
+        str(workload_file),
+        "--target",
+        "llvm/x86-64/2c/256b",
+        "--out",
+        str(out),
     )
     assert result.exit_code == 0, result.output
     assert "source static" in result.stdout
@@ -626,7 +663,13 @@ def test_cli_token_create_prints_the_token_once(run_cli):
     result = run_cli(api, "--token", "adm", "token", "create", "ci", "--scope", "submit")
     assert result.exit_code == 0, result.output
     assert result.stdout == "secret-value\n"
-    assert api.body() == {"name": "ci", "scopes": ["submit"]}
+    assert api.body() == {"name": "ci", "scopes": ["submit"], "device_keys": []}
+
+    worker = run_cli(
+        api, "--token", "adm", "token", "create", "w", "--scope", "worker", "--device-key", "cpu-a"
+    )
+    assert worker.exit_code == 0, worker.output
+    assert api.body() == {"name": "w", "scopes": ["worker"], "device_keys": ["cpu-a"]}
 
 
 def test_cli_errors_are_one_red_line(run_cli, workload_file):

@@ -12,8 +12,8 @@ import pytest
 from autosched.client import format_trace
 from autosched.service.tokens import create_token
 from autosched.tune.tune import target_key
-from services.api.dashboard.routes import STATIC_DIR, TEMPLATES_DIR
-from tests.api_support import api_client, db, host_hardware
+from services.api.dashboard.routes import FAILURES, OTHER_FAILURE, STATIC_DIR, TEMPLATES_DIR
+from tests.api_support import HASWELL, api_client, db, host_hardware
 from tests.dashboard_support import seed_job
 
 
@@ -39,7 +39,7 @@ def test_jobs_page(client_and_seed):
     assert f"#{s.job_id}" in text and "running" in text
     assert s.workload_name in text and s.workload_key[:12] in text and s.device_key in text
     assert "5 / 8" in text and "2 failed" in text  # done / total, failures
-    assert 'style="width: 62.5%"' in row.group(0)  # progress bar
+    assert '<progress class="progress" max="8" value="5">62.5%</progress>' in row.group(0)
     assert f"{s.flops / 1e-3 / 1e9:,.1f}" in text  # best GFLOP/s
     assert "2.00×" in text  # static 2 ms over best 1 ms
     assert re.search(r'<time datetime="[^"]+" data-rel>', row.group(0))  # age
@@ -99,8 +99,9 @@ def test_farm_page(client_and_seed):
     assert section
     text = _text(section.group(0))
     assert "1 / 1 online" in text and "queue 2" in text  # one running, one queued
-    assert "dash-host" in text and s.target_key in text and "online" in text
-    assert "4 cores" in text and "256-bit SIMD" in text and "L2 1 MiB" in text
+    # The worker's own target key, derived from the hardware it reported.
+    assert "dash-host" in text and target_key(HASWELL) in text and "online" in text
+    assert "2 cores" in text and "256-bit SIMD" in text and "L2 512 KiB" in text
     # Trials, trials/min (a worker younger than the window: over its first minute), errors, rate.
     assert "5 5.0 2 40.0%" in text
     assert "<html" not in client.get("/farm", params={"partial": 1}).text
@@ -152,7 +153,8 @@ def test_trials_and_schedules_json(client_and_seed):
     assert one["job_id"] == s.job_id and one["trial_id"] == s.trial_ids["best"]
     assert one["workload_name"] == s.workload_name and one["tvm_version"] == "0.27.0"
     assert s.workload_key in [x["workload_key"] for x in client.get("/v1/schedules").json()]
-    other = client.get("/v1/schedules", params={"workload_key": s.workload_key, "target": "x"})
+    params = {"workload_key": s.workload_key, "target": "llvm/other/1c/128b"}
+    other = client.get("/v1/schedules", params=params)
     assert other.json() == []
 
 
@@ -183,6 +185,14 @@ def test_reads_follow_auth_rules(db_url, tmp_path):
         page = client.get(f"/jobs/{s.job_id}")
         assert page.status_code == 200 and s.device_key in page.text
         assert "anonymous reads are off" not in page.text
+        # Anonymous readers get the API's redacted views: no worker ids (they name hosts)
+        # nor host names, no error texts; statuses stay. A token shows them.
+        for path in (f"/jobs/{s.job_id}", "/farm", "/schedules"):
+            anonymous = client.get(path).text
+            assert s.worker_id not in anonymous and "dash-host" not in anonymous, path
+            assert s.worker_id in client.get(path, headers=auth).text, path
+        assert "vectorize failed" not in page.text and "build error" in page.text
+        assert "vectorize failed" in client.get(f"/jobs/{s.job_id}", headers=auth).text
         assert client.get(f"/v1/jobs/{s.job_id}/trials").status_code == 200
         # A token sent anyway must be valid, as for the API.
         assert client.get("/", headers={"Authorization": "Bearer nope"}).status_code == 401
@@ -233,3 +243,35 @@ def test_no_external_urls():
         for match in URL.finditer(text):
             inside = any(a <= match.start() < b for a, b in comments)
             assert inside, f"{path.relative_to(STATIC_DIR.parent)}: {match.group(0)}"
+
+
+def test_no_inline_styles_or_scripts():
+    """The pages run under a Content-Security-Policy without 'unsafe-inline': no style
+    attributes, <style> blocks, event-handler attributes or inline scripts (JSON data blocks
+    are not scripts)."""
+    for path in sorted(TEMPLATES_DIR.glob("*.html")):
+        text = path.read_text()
+        assert not re.search(r"\sstyle\s*=", text), path.name
+        assert "<style" not in text, path.name
+        for tag in re.findall(r"<[a-zA-Z][^>]*>", text):
+            assert not re.search(r"\son[a-z]+\s*=", tag), (path.name, tag)
+        for script in re.finditer(r"<script\b([^>]*)>(.*?)</script>", text, re.S):
+            attrs, body = script.groups()
+            assert "src=" in attrs or 'type="application/json"' in attrs, (path.name, attrs)
+            assert "src=" not in attrs or not body.strip(), path.name
+
+
+def test_failure_colours_match_the_chart():
+    """The tables colour failures by CSS class; the chart by FAILURES: the same colours."""
+    css = (STATIC_DIR / "dashboard.css").read_text()
+    kinds = {**FAILURES, "other": OTHER_FAILURE}
+    for kind, style in kinds.items():
+        rule = re.search(rf"\.fk-{kind} {{ --c: (#[0-9a-f]+); }}", css)
+        assert rule and rule.group(1) == style["color"], kind
+
+
+def test_failure_chips_use_classes(client_and_seed):
+    client, s = client_and_seed
+    page = client.get(f"/jobs/{s.job_id}").text
+    assert '<span class="chip fk-build_error">build error 1</span>' in page
+    assert '<span class="status fail fk-run_timeout">run timeout</span>' in page

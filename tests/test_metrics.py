@@ -15,8 +15,8 @@ from autosched.db.models import TrialState, utcnow
 from autosched.service import farm
 from autosched.service.metrics import RATE_WINDOW_S, FleetCollector
 from autosched.service.schemas import WorkerRegister
-from autosched.service.tokens import create_token
-from tests.api_support import add_trial, api_client, unique_device
+from autosched.service.tokens import Caller, create_token
+from tests.api_support import add_trial, api_client, hardware_doc, unique_device
 from tests.farm_support import salted_matmul, store
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -43,14 +43,9 @@ def _value(samples: Samples, name: str, **labels: str) -> float:
 
 def _worker(session, worker_id: str, device: str, state: str, heartbeat_age_s: float) -> None:
     reg = WorkerRegister(
-        worker_id=worker_id,
-        device_key=device,
-        target_key="llvm/test/1c/256b",
-        target={"kind": "llvm"},
-        hardware={"num_cores": 1},
-        hostname="metrics-test",
+        worker_id=worker_id, device_key=device, hardware=hardware_doc(), hostname="metrics-test"
     )
-    worker = farm.register_worker(session, reg)
+    worker = farm.register_worker(session, reg, caller=Caller.trusted())
     worker.state = state
     worker.last_heartbeat = utcnow() - timedelta(seconds=heartbeat_age_s)
 
@@ -128,12 +123,11 @@ def test_fleet_numbers_come_from_the_database(db_url, tmp_path):
     assert delta("autosched_workers", state="online") == 2
     assert delta("autosched_workers", state="offline") == 2
     age = "autosched_worker_heartbeat_age_seconds"
-    online = _value(after, age, worker_id=f"w1:{device}", device_key=device, state="online")
-    offline = _value(after, age, worker_id=f"w2:{device}", device_key=device, state="offline")
+    w1, w2, w3 = (farm.public_worker_id(f"{w}:{device}") for w in ("w1", "w2", "w3"))
+    online = _value(after, age, worker_id=w1, device_key=device, state="online")
+    offline = _value(after, age, worker_id=w2, device_key=device, state="offline")
     assert 7 <= online < 60 and 100 <= offline < 160
-    gone = [
-        labels for name, labels in after if name == age and ("worker_id", f"w3:{device}") in labels
-    ]
+    gone = [labels for name, labels in after if name == age and ("worker_id", w3) in labels]
     assert gone == []  # offline for two hours: its series is dropped
 
 

@@ -409,17 +409,94 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
         "not a placeholder",
     ),
     (
+        "layout_free_twice",
+        _set("stages[0].attrs", {"layout_free_placeholders": {"tensors": ["B", "B"]}}),
+        "stages[0].attrs.layout_free_placeholders.tensors[1]",
+        "listed twice",
+    ),
+    (
+        "layout_free_not_tensors",
+        _set("stages[0].attrs", {"layout_free_placeholders": ["B"]}),
+        "stages[0].attrs.layout_free_placeholders",
+        "valid dictionary",
+    ),
+    # Only allow-listed keys: everything else, whatever its value, is refused by name.
+    (
         "tensor_attr_other_key",
         _set("stages[1].attrs", {"weights": {"tensors": ["A"]}}),
         "stages[1].attrs.weights",
-        "may hold tensors",
+        "'weights' is not accepted; allowed attrs: layout_free_placeholders",
     ),
-    ("attr_nested", _set("stages[1].attrs", {"x": {"y": 1}}), "stages[1].attrs.x", ""),
     (
-        "attr_int_too_big",
+        "attr_nested",
+        _set("stages[1].attrs", {"x": {"y": 1}}),
+        "stages[1].attrs.x",
+        "allowed attrs: layout_free_placeholders",
+    ),
+    (
+        "attr_int",
         _set("stages[1].attrs", {"n": 2**70}),
         "stages[1].attrs.n",
-        "outside int64",
+        "'n' is not accepted",
+    ),
+    (
+        "attr_schedule_rule",
+        _set("stages[0].attrs", {"schedule_rule": "meta_schedule.pool_max"}),
+        "stages[0].attrs.schedule_rule",
+        "'schedule_rule' is not accepted",
+    ),
+    (
+        "attr_pragma_after_allowed",
+        _set(
+            "stages[0].attrs",
+            {"layout_free_placeholders": {"tensors": ["B"]}, "pragma_import_c": "int x;"},
+        ),
+        "stages[0].attrs.pragma_import_c",
+        "'pragma_import_c' is not accepted",
+    ),
+    (
+        "attr_long_key",
+        _set("stages[0].attrs", {"k" * 5000: 1}),
+        "stages[0].attrs",
+        r"'k{64}'\.\.\. is not accepted",
+    ),
+    ("tag_free_text", _set("stages[0].tag", "<script>"), "stages[0].tag", "'elemwise'"),
+    ("tag_not_str", _set("stages[0].tag", 1), "stages[0].tag", "'dense'"),
+    # -- work caps -------------------------------------------------------------------------
+    (
+        "reduce_extent_2_52",
+        _seq(
+            _set("stages[0].body.axes[0].extent", 2**52),
+            _set("stages[0].index_dtype", "int64"),
+        ),
+        "stages[0].body.axes[0].extent",
+        r"4503599627370496 \(2\^52\), over max_axis_extent=1073741824 \(2\^30\)",
+    ),
+    (
+        "placeholder_dim_over_cap",
+        _seq(
+            _set("placeholders[2].shape", [2**31]),
+            _set("placeholders[2].index_dtype", "int64"),
+            _set("placeholders[2].dtype", "bool"),
+        ),
+        "placeholders[2].shape[0]",
+        "over max_axis_extent",
+    ),
+    (
+        "stage_iterations",
+        _seq(
+            _set("stages[0].body.axes", [{"name": "k", "extent": 2**29}] * 1),
+            _set("stages[0].shape", [2**10, 2**6]),
+            _set("stages[1].shape", [2**10, 2**6]),
+            _set("placeholders[0].shape", [2**10, 8]),
+            _set("placeholders[1].shape", [8, 2**6]),
+            _set("placeholders[2].shape", [2**6]),
+            _set("stages[0].body.source.a.indices[1]", I(0)),
+            _set("stages[0].body.source.b.indices[0]", I(0)),
+        ),
+        "stages[0].body.axes",
+        r"stage 'C' runs .* \(2\^45\) iterations \(shape \[1024, 64\] x reduce extents "
+        r"\[536870912\]\), over max_stage_iterations",
     ),
     # -- limits ----------------------------------------------------------------------------
     (

@@ -31,6 +31,7 @@ from autosched.wire.ops import (
     IntrinsicName,
     UnaryOpName,
 )
+from tests.wire_support import block_annotations, without_block_annotations
 
 
 def _block_names(func: tirx.PrimFunc) -> list[str]:
@@ -39,18 +40,32 @@ def _block_names(func: tirx.PrimFunc) -> list[str]:
 
 
 def _roundtrip(tensors: list[te.Tensor], via_text: bool = False) -> tuple[Any, Any]:
+    """(original PrimFunc less TVM's scheduler hints, which serialize drops; rebuilt one)."""
     doc = serialize(tensors)
     if via_text:
         doc = json.loads(json.dumps(doc))
-    return te.create_prim_func(tensors), te.create_prim_func(deserialize(doc))
+    original = without_block_annotations(te.create_prim_func(tensors))
+    return original, te.create_prim_func(deserialize(doc))
+
+
+# topi's hints for TVM's own schedulers: the only thing serialize leaves out of these kernels.
+_ZOO_HINTS = {
+    "max_pool": {"schedule_rule"},
+    "softmax": {"axis"},
+    "lenet": {"schedule_rule", "axis"},
+}
 
 
 @pytest.mark.parametrize("name", zoo.names())
 def test_zoo_roundtrip(name: str) -> None:
     tensors = zoo.tensors(name)
+    hints = {k for a in block_annotations(te.create_prim_func(tensors)).values() for k in a}
+    assert hints == _ZOO_HINTS.get(name, set())
     original, rebuilt = _roundtrip(tensors)
     tvm.ir.assert_structural_equal(original, rebuilt)
     assert workload_key(original) == workload_key(rebuilt)
+    if not hints:  # nothing dropped: the client's own PrimFunc has the server's key
+        assert workload_key(te.create_prim_func(tensors)) == workload_key(rebuilt)
     # Structural equality ignores names, but traces find blocks by name: keep them too.
     assert _block_names(original) == _block_names(rebuilt)
 
@@ -61,7 +76,9 @@ def test_zoo_roundtrip_through_text(name: str) -> None:
     text = json.dumps(serialize(tensors, name))
     rebuilt = deserialize(text)
     assert [t.name for t in rebuilt] == [t.name for t in tensors] or name == "lenet"
-    tvm.ir.assert_structural_equal(te.create_prim_func(tensors), te.create_prim_func(rebuilt))
+    tvm.ir.assert_structural_equal(
+        without_block_annotations(te.create_prim_func(tensors)), te.create_prim_func(rebuilt)
+    )
     # Bytes in, too, and serializing again is a fixed point.
     assert serialize(deserialize(text.encode()), name) == json.loads(text)
 
@@ -155,8 +172,10 @@ def test_key_stable_across_processes() -> None:
     )
     theirs = json.loads(out.stdout.strip().splitlines()[-1])
     for n in names:
-        mine = workload_key(zoo.prim_func(n))
-        assert theirs[n] == [mine, mine]
+        local, served = workload_key(zoo.prim_func(n)), Workload.from_tensors(zoo.tensors(n)).key
+        assert theirs[n] == [local, served]
+        # The served key is the computation's: the local PrimFunc less topi's scheduler hints.
+        assert served == workload_key(without_block_annotations(zoo.prim_func(n)))
 
 
 def test_workload_api(tmp_path: Any) -> None:
@@ -224,7 +243,7 @@ def _kitchen_sink() -> list[te.Tensor]:
             tirx.Max(tirx.Sub(v, tirx.FloatImm("float32", 1.5)), tirx.FloatImm("float32", -1e30)),
         )
 
-    s_logic = te.compute((4, 6), logic, name="logic", tag="custom,tag", attrs={"k": [1, "a"]})
+    s_logic = te.compute((4, 6), logic, name="logic", tag="injective")
     k = te.reduce_axis((2, 6), name="k")
     s_sum = te.compute(
         (4,),
@@ -241,7 +260,7 @@ def _kitchen_sink() -> list[te.Tensor]:
         (),
         lambda: te.min(tirx.Cast("int32", s_sum[r2] + s_max[r2]) * n[r2], axis=r2),
         name="scalar_min",
-        attrs={"layout_free_placeholders": [n], "flag": True, "ratio": 0.5, "rule": "x"},
+        attrs={"layout_free_placeholders": [n]},
     )
     return [a, h, n, b, s_min, s_sum]
 
@@ -339,3 +358,30 @@ def test_serialize_refuses_what_it_cannot_say() -> None:
         )
     with pytest.raises(SerializeError, match=r"not a te\.Tensor"):
         serialize([x, "y"])  # type: ignore[list-item]
+
+
+def test_serialize_keeps_only_what_the_server_accepts() -> None:
+    """TVM's scheduler hints and tags outside TOPI's vocabulary are left out (they do not
+    change the computation); a pragma, which changes the generated code, is an error."""
+    x = te.placeholder((4, 4), "float32", name="x")
+    w = te.placeholder((4, 4), "float32", name="w")
+    hinted = te.compute(
+        (4, 4),
+        lambda i, j: x[i, j] * w[i, j],
+        name="y",
+        tag="my_custom_tag",
+        attrs={"schedule_rule": "meta_schedule.x", "axis": 1, "layout_free_placeholders": [w]},
+    )
+    doc = serialize([x, w, hinted])
+    assert doc["stages"][0]["tag"] == ""
+    assert doc["stages"][0]["attrs"] == {"layout_free_placeholders": {"tensors": ["w"]}}
+    tvm.ir.assert_structural_equal(
+        without_block_annotations(te.create_prim_func([x, w, hinted])),
+        te.create_prim_func(deserialize(doc)),
+    )
+    tagged = te.compute((4, 4), lambda i, j: x[i, j] + 1.0, name="t", tag="elemwise")
+    assert serialize([x, tagged])["stages"][0]["tag"] == "elemwise"
+    for key in ("pragma_import_llvm", "pragma_import_c"):
+        bad = te.compute((4,), lambda i: x[i, 0], name="p", attrs={key: "kernel.ll"})
+        with pytest.raises(SerializeError, match=f"{key}.*pragma"):
+            serialize([x, bad])

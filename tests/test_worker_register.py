@@ -20,3 +20,22 @@ def test_register_describes_the_host(db_url):
         assert row.hardware["cuda_devices"] == cuda_devices()
         # The scheduler reads the parameters back and ignores the description.
         assert HardwareParams.from_json(row.hardware) == hw
+
+
+def test_register_pins_its_device_key(db_url):
+    """A worker registers through the database as a trusted caller: its device key gets a
+    pinned hardware row (jobs may then name the key), and the target is derived, not sent."""
+    from autosched.db.models import Device
+    from autosched.hardware import target_json
+    from tests.api_support import unique_device
+
+    hw = detect_hardware()
+    factory = session_factory(db_url)
+    key = unique_device()
+    reg = register(factory, key, hw)
+    with session_scope(factory) as session:
+        device = session.get(Device, key)
+        assert device is not None and HardwareParams.from_json(device.hardware) == hw
+        assert device.target_key == reg.target_key and device.pinned_by_token_id is None
+        row = session.get(Worker, reg.worker_id)
+        assert row.token_id is None and row.target == target_json(hw)

@@ -27,6 +27,7 @@ from autosched.logs import configure_logging
 from autosched.service import farm
 from autosched.service.dispatch import device_queue
 from autosched.service.schemas import WorkerRegister
+from autosched.service.tokens import Caller
 from autosched.settings import Settings, get_settings
 
 log = logging.getLogger("autosched.worker")
@@ -52,7 +53,7 @@ class Heartbeat(threading.Thread):
         while not self.stopped.wait(self.interval_s):
             try:
                 with session_scope(self.factory) as session:
-                    farm.heartbeat(session, self.worker_id)
+                    farm.heartbeat(session, self.worker_id, caller=Caller.trusted())
             except Exception:  # a database blip: the next beat may get through
                 log.warning("heartbeat failed", exc_info=True)
 
@@ -67,6 +68,10 @@ def _plain(obj: Any) -> Any:
 
 
 def register(factory: sessionmaker[Session], device_key: str, hw: HardwareParams) -> WorkerRegister:
+    """Register through the database, as a trusted caller: a worker holds the database's
+    credentials anyway (it claims trials and records results there), so no API token adds
+    anything. Its hardware is validated and pinned like any registration's; a worker whose
+    hardware differs from its device key's pin re-pins it (an operator's process)."""
     from autosched.tune.tune import target_key
 
     hostname = socket.gethostname()
@@ -79,7 +84,7 @@ def register(factory: sessionmaker[Session], device_key: str, hw: HardwareParams
         hostname=hostname,
     )
     with session_scope(factory) as session:
-        farm.register_worker(session, reg)
+        farm.register_worker(session, reg, caller=Caller.trusted())
     return reg
 
 

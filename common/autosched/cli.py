@@ -495,7 +495,7 @@ def workers(ctx: typer.Context) -> None:
             w.device_key,
             w.target_key,
             state,
-            w.hostname,
+            w.hostname or "–",  # hidden from anonymous readers
             str(w.queue_depth),
             str(w.trials_done),
             str(w.errors),
@@ -514,6 +514,14 @@ def token_create(
     ctx: typer.Context,
     name: str,
     scope: Annotated[list[ScopeChoice], typer.Option("--scope", help="Repeat for several")],
+    device_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--device-key",
+            help="A device key a worker token may register workers for (repeat for several; "
+            "a worker token without one registers nothing)",
+        ),
+    ] = None,
     direct: Annotated[
         bool,
         typer.Option(
@@ -525,24 +533,34 @@ def token_create(
 ) -> None:
     """Create a token and print it, the only time (only its hash is stored)."""
     scopes = [s.value for s in scope]
+    keys = list(device_key or [])
     if direct:
+        from pydantic import ValidationError
+
         from autosched.db import session_factory, session_scope, upgrade_database
+        from autosched.service.schemas import TokenCreate
         from autosched.service.tokens import create_token
         from autosched.settings import get_settings
 
         url = get_settings().resolved_database_url
         upgrade_database(url)
+        try:
+            TokenCreate(name=name, scopes=scopes, device_keys=keys)  # the API's own bounds
+        except ValidationError as err:
+            err_console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(2) from None
         with session_scope(session_factory(url)) as session:
-            created = create_token(session, name, scopes)
+            created = create_token(session, name, scopes, keys)
     else:
         with _api_errors(), _client(ctx) as client:
             if client.token is None:
                 err_console.print(
                     "[yellow]no token configured (--token, AUTOSCHED_API_TOKEN)[/yellow]"
                 )
-            created = client.create_token(name, scopes)
+            created = client.create_token(name, scopes, keys)
+    bound = f" device keys {', '.join(created.device_keys)}" if created.device_keys else ""
     err_console.print(
-        f"token {created.id} {created.name!r} scopes {', '.join(created.scopes)}; "
+        f"token {created.id} {created.name!r} scopes {', '.join(created.scopes)}{bound}; "
         "it is shown once: store it now"
     )
     typer.echo(created.token)

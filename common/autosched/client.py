@@ -197,7 +197,10 @@ class Client:
         self, workload: Workload | dict[str, Any], target: str | None = None
     ) -> ScheduleView:
         """Like ``schedule``, but the server computes the key from the declaration itself."""
-        body = ScheduleLookup(workload=_doc(workload), target=target)
+        try:
+            body = ScheduleLookup(workload=_doc(workload), target=target)
+        except ValidationError as err:
+            raise InvalidRequestError(_errors_text(err.errors())) from None
         data = self._request("POST", "/v1/schedules/lookup", json=body.model_dump(mode="json"))
         return ScheduleView.model_validate(data)
 
@@ -218,9 +221,18 @@ class Client:
 
     # Tokens (admin) and health
 
-    def create_token(self, name: str, scopes: Sequence[Scope]) -> TokenCreated:
-        """A new bearer token; not retried once sent, since a retry would mint a second one."""
-        body = TokenCreate(name=name, scopes=list(scopes)).model_dump(mode="json")
+    def create_token(
+        self, name: str, scopes: Sequence[Scope], device_keys: Sequence[str] = ()
+    ) -> TokenCreated:
+        """A new bearer token; not retried once sent, since a retry would mint a second one.
+
+        ``device_keys``: what a worker token may register workers for."""
+        try:
+            body = TokenCreate(
+                name=name, scopes=list(scopes), device_keys=list(device_keys)
+            ).model_dump(mode="json")
+        except ValidationError as err:
+            raise InvalidRequestError(_errors_text(err.errors())) from None
         data = self._request("POST", "/v1/tokens", json=body, retry_on=_NOT_SENT, statuses=())
         return TokenCreated.model_validate(data)
 

@@ -55,7 +55,21 @@ class AuthenticationError(AutoschedError):
 
 
 class PermissionDeniedError(AutoschedError):
-    """A valid token without the scope the operation needs (HTTP 403)."""
+    """A valid token without the scope the operation needs, or acting on what is not its
+    own: another token's job or worker, a device key it was not granted (HTTP 403)."""
+
+
+class QuotaExceededError(AutoschedError):
+    """A token over one of its quotas: active jobs, workloads or trials per job (HTTP 429)."""
+
+
+class ServiceBusyError(AutoschedError):
+    """The server cannot take the request now but will soon, e.g. every template builder is
+    busy (HTTP 503 with Retry-After; the client retries it)."""
+
+
+class InvalidHardwareError(InvalidRequestError):
+    """Hardware parameters out of range or outside their vocabulary (HTTP 422)."""
 
 
 class ApiError(AutoschedError):
@@ -96,6 +110,10 @@ class ApiPermissionDeniedError(ApiError, PermissionDeniedError):
     """403."""
 
 
+class ApiQuotaExceededError(ApiError, QuotaExceededError):
+    """429."""
+
+
 _API_ERRORS: dict[int | None, type[ApiError]] = {
     400: ApiInvalidRequestError,
     401: ApiAuthenticationError,
@@ -103,6 +121,7 @@ _API_ERRORS: dict[int | None, type[ApiError]] = {
     404: ApiNotFoundError,
     409: ApiConflictError,
     422: ApiInvalidRequestError,
+    429: ApiQuotaExceededError,
 }
 
 

@@ -2,16 +2,46 @@
 
 Overrides come from the settings object (``AUTOSCHED_NUM_CORES`` ...) or explicit arguments,
 so a server can schedule for a worker's hardware rather than its own.
+
+A worker's report is untrusted input: its ``mcpu`` reaches the LLVM target and its sizes
+drive every template built for its device key. ``HardwareParams`` therefore checks ranges
+and vocabularies whenever one is made, and ``HostDescription.from_report`` also checks the
+CPU name against LLVM's own list and bounds the descriptive extras.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, fields, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from autosched.errors import InvalidHardwareError
 from autosched.settings import get_settings
+
+KiB, MiB, GiB = 1024, 1024**2, 1024**3
+#: Code generators a device may use ("cuda" joins once GPU templates exist).
+KINDS = frozenset({"llvm"})
+VECTOR_BITS = frozenset({128, 256, 512})
+#: Inclusive ranges wide enough for any real CPU (L3 may be absent: 0).
+RANGES: dict[str, tuple[int, int]] = {
+    "num_cores": (1, 1024),
+    "l1_bytes": (1 * KiB, 4 * MiB),
+    "l2_bytes": (16 * KiB, 512 * MiB),
+    "l3_bytes": (0, 4 * GiB),
+}
+#: LLVM CPU names are short lower-case words (znver3, skylake-avx512, x86-64-v3).
+MCPU_PATTERN = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+#: Bounds of the descriptive extras a worker reports besides the parameters.
+MAX_TEXT = 200
+MAX_CUDA_DEVICES = 16
+
+
+def _int_in(name: str, value: object, low: int, high: int) -> None:
+    if type(value) is not int or not low <= value <= high:  # bool is no count
+        raise InvalidHardwareError(f"hardware.{name} must be an integer in [{low}, {high}]")
 
 
 @dataclass(frozen=True)
@@ -23,6 +53,19 @@ class HardwareParams:
     l3_bytes: int  # shared
     mcpu: str  # LLVM CPU name, e.g. znver3
     kind: str = "llvm"
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in RANGES.items():
+            _int_in(name, getattr(self, name), low, high)
+        if type(self.vector_bits) is not int or self.vector_bits not in VECTOR_BITS:
+            raise InvalidHardwareError(f"hardware.vector_bits must be one of {sorted(VECTOR_BITS)}")
+        if self.kind not in KINDS:
+            raise InvalidHardwareError(f"hardware.kind must be one of {sorted(KINDS)}")
+        if not isinstance(self.mcpu, str) or not MCPU_PATTERN.fullmatch(self.mcpu):
+            raise InvalidHardwareError(
+                "hardware.mcpu must be an LLVM CPU name (lower-case letters, digits, '-', "
+                "'_', '.'; at most 64 characters)"
+            )
 
     @property
     def vector_lanes_f32(self) -> int:
@@ -36,7 +79,105 @@ class HardwareParams:
         # Descriptions may carry more than the parameters (a worker's CPU model, its CUDA
         # devices): only the fields the scheduler uses are read back.
         known = {f.name for f in fields(cls)}
+        missing = sorted(f.name for f in fields(cls) if f.name != "kind" and f.name not in doc)
+        if missing:
+            raise InvalidHardwareError(f"hardware is missing {missing}")
         return cls(**{k: v for k, v in doc.items() if k in known})
+
+
+@lru_cache(maxsize=4)
+def known_cpus(kind: str = "llvm") -> frozenset[str]:
+    """The CPU names this TVM's LLVM accepts for the host's target triple."""
+    import tvm
+
+    target = tvm.target.Target({"kind": kind})
+    return frozenset(str(c) for c in tvm.target.codegen.llvm_get_cpu_archlist(target))
+
+
+def check_known_cpu(hw: HardwareParams) -> None:
+    """Refuse an ``mcpu`` LLVM does not know: it would reach every build for that device."""
+    if hw.mcpu not in known_cpus(hw.kind):
+        raise InvalidHardwareError(f"hardware.mcpu {hw.mcpu!r} is not a CPU LLVM knows")
+
+
+def target_json(hw: HardwareParams) -> dict[str, Any]:
+    """The TVM target of ``hw`` as the dict ``tvm.target.Target`` takes (see ``cpu_target``)."""
+    return {"kind": hw.kind, "mcpu": hw.mcpu, "num-cores": hw.num_cores}
+
+
+def _text(name: str, value: object) -> str:
+    if not isinstance(value, str) or len(value) > MAX_TEXT or not value.isprintable():
+        raise InvalidHardwareError(f"{name} must be printable text, at most {MAX_TEXT} characters")
+    return value
+
+
+@dataclass(frozen=True)
+class CudaDevice:
+    index: int
+    name: str
+    compute_version: str  # "9.0"
+    multi_processor_count: int
+    max_threads_per_block: int
+
+    @classmethod
+    def from_report(cls, doc: object, where: str) -> CudaDevice:
+        if not isinstance(doc, dict) or set(doc) != {f.name for f in fields(cls)}:
+            raise InvalidHardwareError(
+                f"{where} must have exactly the keys {sorted(f.name for f in fields(cls))}"
+            )
+        _int_in(f"{where}.index", doc["index"], 0, MAX_CUDA_DEVICES - 1)
+        _int_in(f"{where}.multi_processor_count", doc["multi_processor_count"], 0, 100_000)
+        _int_in(f"{where}.max_threads_per_block", doc["max_threads_per_block"], 0, 65_536)
+        version = doc["compute_version"]
+        if not isinstance(version, str) or not re.fullmatch(r"\d{1,2}\.\d{1,2}", version):
+            raise InvalidHardwareError(f"{where}.compute_version must look like '9.0'")
+        return cls(
+            index=doc["index"],
+            name=_text(f"{where}.name", doc["name"]),
+            compute_version=version,
+            multi_processor_count=doc["multi_processor_count"],
+            max_threads_per_block=doc["max_threads_per_block"],
+        )
+
+
+@dataclass(frozen=True)
+class HostDescription:
+    """What a worker registers: the scheduling parameters plus a bounded description."""
+
+    params: HardwareParams
+    cpu_model: str = "unknown"
+    cuda_devices: tuple[CudaDevice, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.params.to_json(),
+            "cpu_model": self.cpu_model,
+            "cuda_devices": [asdict(d) for d in self.cuda_devices],
+        }
+
+    @classmethod
+    def from_report(cls, doc: dict[str, Any]) -> HostDescription:
+        """Validate a worker's report strictly: known keys only, every value in range, and a
+        CPU name LLVM knows. Raises ``InvalidHardwareError`` (HTTP 422)."""
+        params = {f.name for f in fields(HardwareParams)}
+        unknown = sorted(set(doc) - params - {"cpu_model", "cuda_devices"})
+        if unknown:
+            raise InvalidHardwareError(f"hardware has unknown fields {unknown[:8]}")
+        hw = HardwareParams.from_json(doc)
+        check_known_cpu(hw)
+        devices = doc.get("cuda_devices", [])
+        if not isinstance(devices, list) or len(devices) > MAX_CUDA_DEVICES:
+            raise InvalidHardwareError(
+                f"hardware.cuda_devices must be a list of at most {MAX_CUDA_DEVICES}"
+            )
+        return cls(
+            params=hw,
+            cpu_model=_text("hardware.cpu_model", doc.get("cpu_model", "unknown")),
+            cuda_devices=tuple(
+                CudaDevice.from_report(d, f"hardware.cuda_devices[{i}]")
+                for i, d in enumerate(devices)
+            ),
+        )
 
 
 def _cpu_flags() -> set[str]:
@@ -97,7 +238,7 @@ def cpu_target(hw: HardwareParams | None = None) -> Any:
     import tvm
 
     hw = hw or detect_hardware()
-    return tvm.target.Target({"kind": "llvm", "mcpu": hw.mcpu, "num-cores": hw.num_cores})
+    return tvm.target.Target(target_json(hw))
 
 
 def cpu_model() -> str:
@@ -138,5 +279,11 @@ def cuda_devices() -> list[dict[str, Any]]:
 
 def describe_host(hw: HardwareParams) -> dict[str, Any]:
     """What a worker registers: the scheduling parameters plus the CPU model and any CUDA
-    devices (``HardwareParams.from_json`` reads the parameters back and ignores the rest)."""
-    return {**hw.to_json(), "cpu_model": cpu_model(), "cuda_devices": cuda_devices()}
+    devices (``HardwareParams.from_json`` reads the parameters back and ignores the rest).
+    Cut to the bounds ``HostDescription.from_report`` enforces, so a real host always passes."""
+    model = "".join(c for c in cpu_model() if c.isprintable())[:MAX_TEXT] or "unknown"
+    devices = [
+        {**d, "name": "".join(c for c in d["name"] if c.isprintable())[:MAX_TEXT]}
+        for d in cuda_devices()[:MAX_CUDA_DEVICES]
+    ]
+    return {**hw.to_json(), "cpu_model": model, "cuda_devices": devices}

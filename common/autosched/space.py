@@ -17,15 +17,33 @@ KnobValue = Any  # int | bool | str | list[int]
 MAX_NEIGHBOR_DRAWS = 24
 
 
-def divisors(n: int) -> list[int]:
-    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-    return sorted(set(small + [n // d for d in small]))
+# Largest inner tile factor a template offers. Factor searches are bounded by what the caller
+# keeps, never by the extent: a client may declare an axis of 2**30 (max_axis_extent), and an
+# O(sqrt(n)) search per axis, per template, per request is work a client could make us do.
+MAX_FACTOR = 512
 
 
-def tile_candidates(extent: int, limit: int = 512) -> tuple[int, ...]:
+def divisors(n: int, limit: int) -> list[int]:
+    """The divisors of ``n`` that are at most ``limit``, ascending.
+
+    Costs O(min(sqrt(n), limit)): bounded by the caller's limit for a huge extent, and by the
+    extent for a huge limit (a limit derived from reported hardware is not trusted either).
+    """
+    small: list[int] = []
+    large: list[int] = []
+    for d in range(1, min(math.isqrt(max(n, 0)), limit) + 1):
+        if n % d == 0:
+            small.append(d)
+            q = n // d
+            if q != d and q <= limit:
+                large.append(q)
+    return small + large[::-1]
+
+
+def tile_candidates(extent: int, limit: int = MAX_FACTOR) -> tuple[int, ...]:
     """Inner tile factors allowed for an axis: its divisors, plus powers of two and small
     multiples of 8 for awkward extents (those split with a guard)."""
-    found = {d for d in divisors(extent) if d <= limit}
+    found = set(divisors(extent, limit))
     found |= {1 << p for p in range(10) if (1 << p) <= min(extent, limit)}
     found |= {m for m in range(8, min(extent, 64) + 1, 8)}
     return tuple(sorted(found))

@@ -18,12 +18,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autosched.db.session import upgrade_database
 from autosched.logs import configure_logging
+from autosched.service import workload_sandbox
 from autosched.service.metrics import ServiceMetrics
 from autosched.settings import Settings, get_settings
 from services.api.dashboard import install_dashboard
 from services.api.deps import ApiState
 from services.api.docs import install_docs
 from services.api.errors import install_error_handlers
+from services.api.openapi import document_common_responses
+from services.api.ratelimit import RateLimits
 from services.api.routes import (
     health,
     jobs,
@@ -35,6 +38,7 @@ from services.api.routes import (
     workloads,
 )
 from services.api.routes.metrics import RequestMetrics
+from services.api.security import OriginCheck, SecurityHeaders
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,6 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Migrations first: every service applies them on start (idempotent).
         await run_in_threadpool(upgrade_database, settings.resolved_database_url)
         await run_in_threadpool(state.host_hardware)  # detect once, before the first request
+        # Template-building sandboxes start in the background: the first declarations then
+        # do not wait for TVM to import in a fresh child.
+        workload_sandbox.pool().warm()
         yield
 
     app = FastAPI(
@@ -57,16 +64,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # served offline by install_docs below
         redoc_url=None,
     )
+    # Middlewares, innermost first: each one added wraps those before it.
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)
+    app.add_middleware(RateLimits, settings=settings)  # refused requests cost no body read
+    app.add_middleware(
+        OriginCheck, api_url=settings.api_url, allowed_origins=settings.allowed_origins
+    )
     app.state.api = state
-    # Outermost: times every request, the ones BodyLimit refuses included.
+    # Times every request, the ones refused by the middlewares above included.
     app.state.metrics = ServiceMetrics(state.sessions)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    app.add_middleware(SecurityHeaders)  # outermost: every answer carries the headers
     install_error_handlers(app)
     for module in (health, metrics, workloads, jobs, schedules, workers, tokens, views):
         app.include_router(module.router)
     install_dashboard(app)  # HTML pages at /, /jobs/{id}, /farm, /schedules; /static
     install_docs(app)  # Swagger UI at /docs from local files
+    document_common_responses(app)  # 401/403/400/413/429 from the layers around the routes
     return app
 
 

@@ -16,11 +16,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from autosched.db.models import ApiToken
 from autosched.db.session import session_factory, session_scope
 from autosched.hardware import HardwareParams, detect_hardware
+from autosched.service.jobs import Quotas
 from autosched.service.schemas import Scope
-from autosched.service.tokens import authenticate
+from autosched.service.tokens import Caller, authenticate
 from autosched.settings import Settings
 
 
@@ -87,36 +87,61 @@ _bearer = HTTPBearer(
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+def get_quotas(state: StateDep) -> Quotas:
+    return Quotas.from_settings(state.settings)
+
+
+QuotasDep = Annotated[Quotas, Depends(get_quotas)]
+
+
 def _check(
     state: ApiState, credentials: HTTPAuthorizationCredentials | None, scope: Scope | None
-) -> ApiToken | None:
+) -> Caller:
     # Its own short transaction: last_used_at is committed at once, and the request's own
     # transaction never holds a lock on the token row (workers share tokens and heartbeat).
+    # The row is copied into a Caller before its session closes.
     with session_scope(state.sessions) as session:
-        return authenticate(session, credentials.credentials if credentials else None, scope)
+        row = authenticate(session, credentials.credentials if credentials else None, scope)
+        return Caller.of(row)
 
 
-def require_scope(scope: Scope) -> Callable[..., ApiToken | None]:
-    """A dependency admitting a token with ``scope`` (None returned when auth is off)."""
+def require_scope(scope: Scope) -> Callable[..., Caller]:
+    """A dependency admitting a token with ``scope``; with auth off, a trusted caller."""
 
-    def dependency(state: StateDep, credentials: BearerDep) -> ApiToken | None:
+    def dependency(state: StateDep, credentials: BearerDep) -> Caller:
         if not state.settings.auth_required:
-            return None
+            return Caller.trusted()
         return _check(state, credentials, scope)
 
     dependency.__name__ = f"require_{scope}"
     return dependency
 
 
-def require_read(state: StateDep, credentials: BearerDep) -> ApiToken | None:
-    """Reads are anonymous when the operator allows it; a token sent anyway must be valid."""
+def require_read(state: StateDep, credentials: BearerDep) -> Caller | None:
+    """Reads are anonymous when the operator allows it (None: an anonymous reader, who gets
+    redacted views); a token sent anyway must be valid. Auth off: a trusted caller."""
     settings = state.settings
-    if not settings.auth_required or (settings.anonymous_reads and credentials is None):
+    if not settings.auth_required:
+        return Caller.trusted()
+    if settings.anonymous_reads and credentials is None:
         return None
     return _check(state, credentials, None)
 
 
+def redact_for(reader: Caller | None) -> bool:
+    """Whether a reader gets the anonymous (redacted) views: host names, error texts."""
+    return reader is None
+
+
+_require_submit = require_scope("submit")
+_require_worker = require_scope("worker")
+_require_admin = require_scope("admin")
+
 ReadAccess = Depends(require_read)
-SubmitAccess = Depends(require_scope("submit"))
-WorkerAccess = Depends(require_scope("worker"))
-AdminAccess = Depends(require_scope("admin"))
+SubmitAccess = Depends(_require_submit)
+WorkerAccess = Depends(_require_worker)
+AdminAccess = Depends(_require_admin)
+#: The same checks, for routes that need to know who asked (owners, grants, redaction).
+Reader = Annotated[Caller | None, ReadAccess]
+Submitter = Annotated[Caller, SubmitAccess]
+WorkerCaller = Annotated[Caller, WorkerAccess]

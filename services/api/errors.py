@@ -16,6 +16,8 @@ from autosched.errors import (
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
+    QuotaExceededError,
+    ServiceBusyError,
     WireFormatError,
 )
 
@@ -25,6 +27,8 @@ STATUS: dict[type[Exception], int] = {
     InvalidRequestError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     AuthenticationError: status.HTTP_401_UNAUTHORIZED,
     PermissionDeniedError: status.HTTP_403_FORBIDDEN,
+    QuotaExceededError: status.HTTP_429_TOO_MANY_REQUESTS,
+    ServiceBusyError: status.HTTP_503_SERVICE_UNAVAILABLE,
 }
 
 
@@ -39,7 +43,10 @@ async def _wire_format(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _mapped(_request: Request, exc: Exception) -> JSONResponse:
     code = next(c for t, c in STATUS.items() if isinstance(exc, t))
-    headers = {"WWW-Authenticate": "Bearer"} if code == status.HTTP_401_UNAUTHORIZED else None
+    headers = {
+        status.HTTP_401_UNAUTHORIZED: {"WWW-Authenticate": "Bearer"},
+        status.HTTP_503_SERVICE_UNAVAILABLE: {"Retry-After": "1"},
+    }.get(code)
     return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -111,6 +112,11 @@ class Job(Base):
     trials_per_workload: Mapped[int] = mapped_column(Integer)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     seed: Mapped[int] = mapped_column(Integer, default=0)
+    # The submit token that created it (quotas count, only it and admins cancel); None when
+    # auth is off (trusted single-user mode) or the job was written in-process.
+    owner_token_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_tokens.id"), nullable=True, index=True
+    )
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Which scheduler process runs the job, and until when its claim holds: a job whose
@@ -199,6 +205,25 @@ class Worker(Base):
     state: Mapped[str] = mapped_column(String(16), default=WorkerState.ONLINE, index=True)
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_heartbeat: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The token that registered it: only that token (or an admin) may heartbeat it or
+    # register it again. None: registered in-process by a worker with database access.
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"), nullable=True)
+
+
+class Device(Base):
+    """A device key's hardware, pinned by its first registration: workers reporting other
+    hardware under the key are refused (an admin token re-pins). Jobs may only name a key
+    that has a row here, and templates for its jobs are built from this hardware."""
+
+    __tablename__ = "devices"
+    key: Mapped[str] = mapped_column(String(120), primary_key=True)
+    target_key: Mapped[str] = mapped_column(String(120))
+    hardware: Mapped[dict[str, Any]] = mapped_column(JSON)  # HardwareParams.to_json()
+    pinned_by_token_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_tokens.id"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    pinned_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ApiToken(Base):
@@ -210,6 +235,8 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(200))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     scopes: Mapped[list[Any]] = mapped_column(JSON)  # subset of submit, worker, admin
+    # The device keys a worker token may register workers for (empty: none).
+    device_keys: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

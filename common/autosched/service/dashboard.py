@@ -3,6 +3,8 @@
 schedules, the farm's throughput, and the cached best schedules.
 
 Nothing here writes; every function is a handful of queries whatever the number of rows.
+Each takes ``redact`` (default True, the anonymous view): worker ids become pseudonyms, host
+names and trial error texts (sandbox stderr, with paths) are left out; statuses stay.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from autosched.db.models import BestConfig, Job, JobWorkload, Trial, TrialState, WorkloadRow, utcnow
 from autosched.errors import NotFoundError
-from autosched.service.farm import list_workers
+from autosched.service.farm import list_workers, public_worker_id, redact_worker
 from autosched.service.jobs import workload_flops
 from autosched.service.schemas import StageView, WorkerView
 from autosched.tune.measure import TrialStatus
@@ -95,7 +97,9 @@ def _job(session: Session, job_id: int) -> Job:
     return job
 
 
-def job_trials(session: Session, job_id: int, limit: int | None = None) -> TrialPage:
+def job_trials(
+    session: Session, job_id: int, limit: int | None = None, *, redact: bool = True
+) -> TrialPage:
     """A job's trials, numbered as the curve numbers them (done trials in finishing order),
     followed by those in flight; with ``limit``, only the newest ``limit``."""
     _job(session, job_id)
@@ -139,8 +143,8 @@ def job_trials(session: Session, job_id: int, limit: int | None = None) -> Trial
                 status=row.status,
                 latency=row.latency,
                 gflops=_gflops(flops.get(row.workload_key, 0.0), row.latency) if ok else None,
-                error=row.error,
-                worker_id=row.worker_id,
+                error=None if redact else row.error,
+                worker_id=public_worker_id(row.worker_id) if redact else row.worker_id,
                 build_secs=row.build_secs,
                 run_secs=row.run_secs,
                 dispatch_count=row.dispatch_count,
@@ -162,14 +166,14 @@ def _best_query() -> Select[tuple[BestConfig, str, int | None]]:
     )
 
 
-def _best_view(best: BestConfig, name: str, job_id: int | None) -> BestSchedule:
+def _best_view(best: BestConfig, name: str, job_id: int | None, redact: bool) -> BestSchedule:
     return BestSchedule(
         workload_key=best.workload_key,
         workload_name=name,
         target_key=best.target_key,
         latency=best.latency,
         gflops=best.gflops,
-        worker_id=best.worker_id,
+        worker_id=public_worker_id(best.worker_id) if redact else best.worker_id,
         device_key=best.device_key,
         tvm_version=best.tvm_version,
         updated_at=best.updated_at,
@@ -178,11 +182,13 @@ def _best_view(best: BestConfig, name: str, job_id: int | None) -> BestSchedule:
     )
 
 
-def _best_detail(best: BestConfig, name: str, job_id: int | None) -> BestScheduleDetail:
+def _best_detail(
+    best: BestConfig, name: str, job_id: int | None, redact: bool
+) -> BestScheduleDetail:
     from autosched.client import format_trace
 
     return BestScheduleDetail(
-        **_best_view(best, name, job_id).model_dump(),
+        **_best_view(best, name, job_id, redact).model_dump(),
         config=best.config,
         trace=format_trace(best.trace),
     )
@@ -193,6 +199,8 @@ def list_best_schedules(
     workload_key: str | None = None,
     target_key: str | None = None,
     limit: int = 1000,
+    *,
+    redact: bool = True,
 ) -> list[BestSchedule]:
     """Cached best schedules by workload name, then target."""
     query = _best_query().order_by(WorkloadRow.name, BestConfig.workload_key, BestConfig.target_key)
@@ -200,16 +208,18 @@ def list_best_schedules(
         query = query.where(BestConfig.workload_key == workload_key)
     if target_key is not None:
         query = query.where(BestConfig.target_key == target_key)
-    return [_best_view(*row) for row in session.execute(query.limit(limit))]
+    return [_best_view(*row, redact) for row in session.execute(query.limit(limit))]
 
 
-def best_schedule_details(session: Session, limit: int = 1000) -> list[BestScheduleDetail]:
+def best_schedule_details(
+    session: Session, limit: int = 1000, *, redact: bool = True
+) -> list[BestScheduleDetail]:
     """The schedules page: every cached best schedule with its config and readable trace."""
     query = _best_query().order_by(WorkloadRow.name, BestConfig.workload_key, BestConfig.target_key)
-    return [_best_detail(*row) for row in session.execute(query.limit(limit))]
+    return [_best_detail(*row, redact) for row in session.execute(query.limit(limit))]
 
 
-def job_workloads(session: Session, job_id: int) -> list[JobWorkloadInfo]:
+def job_workloads(session: Session, job_id: int, *, redact: bool = True) -> list[JobWorkloadInfo]:
     """The job's workloads in order: stages (meta-templates) and best schedule on its target."""
     job = _job(session, job_id)
     rows = session.execute(
@@ -225,7 +235,7 @@ def job_workloads(session: Session, job_id: int) -> list[JobWorkloadInfo]:
             BestConfig.target_key == job.target_key,
             BestConfig.workload_key.in_([w.key for w in workloads]),
         )
-        best = {row[0].workload_key: _best_detail(*row) for row in session.execute(query)}
+        best = {row[0].workload_key: _best_detail(*row, redact) for row in session.execute(query)}
     return [
         JobWorkloadInfo(
             workload_key=w.key,
@@ -248,7 +258,11 @@ def _window(registered_at: datetime, now: datetime, window_s: float) -> float:
 
 
 def farm_workers(
-    session: Session, window_s: float = THROUGHPUT_WINDOW_S, now: datetime | None = None
+    session: Session,
+    window_s: float = THROUGHPUT_WINDOW_S,
+    now: datetime | None = None,
+    *,
+    redact: bool = True,
 ) -> list[FarmWorkerView]:
     """Every worker (by device key) with its throughput over the last ``window_s``."""
     now = now or utcnow()
@@ -264,10 +278,11 @@ def farm_workers(
     )
     return [
         FarmWorkerView(
-            **w.model_dump(),
+            # Counted under the real id, shown under the pseudonym when redacted.
+            **(redact_worker(w) if redact else w).model_dump(),
             # A worker younger than the window is rated over its lifetime (at least a minute).
             trials_per_min=recent[w.id] * 60.0 / _window(w.registered_at, now, window_s),
             error_rate=w.errors / w.trials_done if w.trials_done else None,
         )
-        for w in list_workers(session)
+        for w in list_workers(session, redact=False)
     ]

@@ -2,43 +2,151 @@
 
 A worker that misses heartbeats is marked offline and the trials it had claimed go back to
 the queue (state ``queued``, worker cleared) for the scheduler to send again.
+
+Registration is a trust boundary. A worker token registers only the device keys it was
+granted, and only worker ids that are new or its own; the reported hardware is validated and
+the target key and TVM target are derived from it, never taken from the report. A device
+key's hardware is pinned by its first registration (``devices``): other hardware under the
+same key is refused unless an admin re-pins it, so one worker cannot change the target that
+everyone's jobs on that key are built for.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
-from autosched.db.models import Trial, TrialState, Worker, WorkerState, utcnow
-from autosched.errors import NotFoundError
+from autosched.db.models import Device, Trial, TrialState, Worker, WorkerState, utcnow
+from autosched.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from autosched.hardware import HardwareParams, HostDescription, target_json
 from autosched.service.schemas import WorkerRegister, WorkerView
+from autosched.service.tokens import Caller
 from autosched.tune.measure import TrialStatus
 
+log = logging.getLogger("autosched.farm")
 
-def register_worker(session: Session, reg: WorkerRegister) -> Worker:
-    """Create or refresh a worker (a restarted worker re-registers under a new id)."""
+#: Target fields a report may repeat; each must equal the derived target's.
+_TARGET_FIELDS = ("kind", "mcpu", "num-cores")
+
+
+def register_worker(session: Session, reg: WorkerRegister, *, caller: Caller) -> Worker:
+    """Create or refresh a worker (a restarted worker re-registers under a new id).
+
+    Raises PermissionDeniedError (a device key not granted, another token's worker id),
+    InvalidRequestError (bad hardware, a target that disagrees with it) and ConflictError
+    (hardware other than the device key's pinned hardware).
+    """
+    if not caller.may_serve(reg.device_key):
+        raise PermissionDeniedError(f"this token may not serve device key {reg.device_key!r}")
+    described = HostDescription.from_report(reg.hardware)
+    hw = described.params
+    derived_key = _target_key(hw)
+    if reg.target_key is not None and reg.target_key != derived_key:
+        raise InvalidRequestError(
+            f"target_key {reg.target_key!r} does not match the reported hardware "
+            f"({derived_key!r}); the server derives it"
+        )
+    target = target_json(hw)
+    if reg.target is not None:
+        _check_target(reg.target, target)
+
     worker = session.get(Worker, reg.worker_id)
+    if worker is not None and not caller.owns(worker.token_id):
+        raise PermissionDeniedError(f"worker {reg.worker_id!r} belongs to another token")
+    _pin(session, reg.device_key, derived_key, hw, caller)
+
     now = utcnow()
     if worker is None:
         worker = Worker(id=reg.worker_id, registered_at=now)
         session.add(worker)
     worker.device_key = reg.device_key
-    worker.target_key = reg.target_key
-    worker.target = reg.target
-    worker.hardware = reg.hardware
+    worker.target_key = derived_key
+    worker.target = target
+    worker.hardware = described.to_json()
     worker.hostname = reg.hostname
+    worker.token_id = caller.token_id
     worker.state = WorkerState.ONLINE
     worker.last_heartbeat = now
     session.flush()
     return worker
 
 
-def heartbeat(session: Session, worker_id: str) -> Worker:
+def _target_key(hw: HardwareParams) -> str:
+    from autosched.tune.tune import target_key  # the one definition of a target key
+
+    return target_key(hw)
+
+
+def _check_target(reported: dict[str, Any], derived: dict[str, Any]) -> None:
+    for name in _TARGET_FIELDS:
+        if name in reported and reported[name] != derived[name]:
+            raise InvalidRequestError(
+                f"target.{name} {reported[name]!r} does not match the reported hardware "
+                f"({derived[name]!r}); the server derives the target"
+            )
+
+
+def _pin(
+    session: Session, device_key: str, target_key: str, hw: HardwareParams, caller: Caller
+) -> Device:
+    """The device key's row: created (pinned) at its first registration; re-pinned only by
+    an admin or a trusted caller."""
+    device = session.get(Device, device_key)
+    now = utcnow()
+    if device is None:
+        device = Device(
+            key=device_key,
+            target_key=target_key,
+            hardware=hw.to_json(),
+            pinned_by_token_id=caller.token_id,
+            created_at=now,
+            pinned_at=now,
+        )
+        session.add(device)
+    elif _pinned(device) != hw:
+        if not caller.is_admin:
+            raise ConflictError(
+                f"device key {device_key!r} is pinned to {device.target_key} hardware; this "
+                f"worker reports {target_key} hardware (only an admin token may re-pin it)"
+            )
+        log.warning("device key %s re-pinned: %s -> %s", device_key, device.target_key, target_key)
+        device.target_key = target_key
+        device.hardware = hw.to_json()
+        device.pinned_by_token_id = caller.token_id
+        device.pinned_at = now
+    session.flush()
+    return device
+
+
+def _pinned(device: Device) -> HardwareParams | None:
+    try:
+        return HardwareParams.from_json(device.hardware)
+    except InvalidRequestError:  # pinned before validation existed: any report differs
+        return None
+
+
+def device_hardware(session: Session, device_key: str) -> HardwareParams | None:
+    """The pinned hardware of ``device_key`` (None: no worker ever registered it)."""
+    device = session.get(Device, device_key)
+    return None if device is None else HardwareParams.from_json(device.hardware)
+
+
+def heartbeat(session: Session, worker_id: str, *, caller: Caller) -> Worker:
     worker = session.get(Worker, worker_id)
     if worker is None:
         raise NotFoundError(f"worker {worker_id!r} is not registered")
+    if not caller.owns(worker.token_id):
+        raise PermissionDeniedError(f"worker {worker_id!r} belongs to another token")
     worker.last_heartbeat = utcnow()
     worker.state = WorkerState.ONLINE
     session.flush()
@@ -86,18 +194,33 @@ def online_workers(session: Session, device_key: str | None = None) -> list[Work
     return list(session.scalars(query.order_by(Worker.registered_at)))
 
 
-def list_workers(session: Session) -> list[WorkerView]:
-    """Every worker with its device queue depth and its own trial counts."""
+def public_worker_id(worker_id: str | None) -> str | None:
+    """A stable pseudonym for anonymous views: worker ids embed host names."""
+    if worker_id is None:
+        return None
+    return "w-" + hashlib.sha256(worker_id.encode()).hexdigest()[:16]
+
+
+def redact_worker(view: WorkerView) -> WorkerView:
+    """The anonymous form of a worker's view: pseudonymous id, no host name."""
+    return view.model_copy(update={"id": public_worker_id(view.id), "hostname": None})
+
+
+def list_workers(session: Session, *, redact: bool = True) -> list[WorkerView]:
+    """Every worker with its device queue depth and its own trial counts; ``redact`` (the
+    default, for anonymous readers) hides host names."""
     depths = _queue_depths(session)
     counts = _trial_counts(session)
     workers = session.scalars(select(Worker).order_by(Worker.device_key, Worker.id))
-    return [_view(w, depths.get(w.device_key, 0), *counts.get(w.id, (0, 0))) for w in workers]
+    views = [_view(w, depths.get(w.device_key, 0), *counts.get(w.id, (0, 0))) for w in workers]
+    return [redact_worker(v) for v in views] if redact else views
 
 
-def worker_view(session: Session, worker: Worker) -> WorkerView:
+def worker_view(session: Session, worker: Worker, *, redact: bool = True) -> WorkerView:
     """One worker's view, with the queries filtered to it (heartbeats are frequent)."""
     depth = _queue_depths(session, worker.device_key).get(worker.device_key, 0)
-    return _view(worker, depth, *_trial_counts(session, worker.id).get(worker.id, (0, 0)))
+    view = _view(worker, depth, *_trial_counts(session, worker.id).get(worker.id, (0, 0)))
+    return redact_worker(view) if redact else view
 
 
 def _queue_depths(session: Session, device_key: str | None = None) -> dict[str, int]:

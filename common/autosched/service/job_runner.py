@@ -41,9 +41,9 @@ from autosched.errors import JobCancelled, JobInterrupted
 from autosched.hardware import HardwareParams
 from autosched.logs import log_context
 from autosched.service.dispatch import DeviceGate, DispatchMeasurer
-from autosched.service.farm import online_workers
+from autosched.service.farm import device_hardware, online_workers
 from autosched.service.measure_trials import measure_inputs
-from autosched.service.workloads import ensure_template, load_stored
+from autosched.service.workloads import in_process, load_stored, template_row
 from autosched.settings import Settings, get_settings
 from autosched.space import Config
 from autosched.tune.database import config_digest
@@ -232,7 +232,8 @@ class JobRunner:
 
     # ---- phases ---------------------------------------------------------------------------
     def _wait_for_device(self) -> HardwareParams | None:
-        """Hardware of an online worker of the job's device key; None if the job ended."""
+        """The device key's pinned hardware (validated at its first registration), once a
+        worker of it is online; None if the job ended."""
         while True:
             with session_scope(self.factory) as session:
                 job = session.get(Job, self.job_id)
@@ -240,9 +241,9 @@ class JobRunner:
                     return None
                 if job.cancel_requested:
                     raise JobCancelled(f"job {self.job_id} was cancelled")
-                workers = online_workers(session, job.device_key)
-                if workers:
-                    return HardwareParams.from_json(workers[-1].hardware)
+                pinned = device_hardware(session, job.device_key)
+                if pinned is not None and online_workers(session, job.device_key):
+                    return pinned
             if self._interrupted():
                 raise JobInterrupted(f"job {self.job_id}: scheduler stopping")
             self.stop_event.wait(self.poll_s)
@@ -287,12 +288,16 @@ class JobRunner:
         return out
 
     def _template(self, workload: Workload, hw: HardwareParams) -> TemplateRow:
+        # In-process, unlike the API's sandboxed builds: the workload was validated and
+        # built when it was stored, the scheduler already holds its PrimFunc, and a job
+        # thread serves no requests that a slow build could hold up.
+        build = in_process(workload)
         try:
             with session_scope(self.factory) as session:
-                return ensure_template(session, workload, hw)
+                return template_row(session, workload.key, hw, build)
         except IntegrityError:  # another job stored it at the same moment
             with session_scope(self.factory) as session:
-                return ensure_template(session, workload, hw)
+                return template_row(session, workload.key, hw, build)
 
     def _own_done(self, workload_key: str) -> int:
         with session_scope(self.factory) as session:

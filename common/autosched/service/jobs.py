@@ -2,6 +2,10 @@
 
 Views are computed from a handful of aggregate queries (grouped by job and workload), so
 listing many jobs with many trials costs the same few round trips as showing one.
+
+A job belongs to the token that submitted it: only that token (or an admin) cancels it, and
+its active jobs, workloads and trials count against that token's quotas. Quotas are checked
+before anything is stored, so a refused job leaves no trace.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from sqlalchemy.orm import Session
 
 from autosched.db.models import (
     TERMINAL_JOB_STATES,
+    ApiToken,
+    Device,
     Job,
     JobState,
     JobWorkload,
@@ -25,15 +31,86 @@ from autosched.db.models import (
     WorkloadRow,
     utcnow,
 )
-from autosched.errors import ConflictError, InvalidRequestError, NotFoundError
+from autosched.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    QuotaExceededError,
+)
 from autosched.hardware import HardwareParams
 from autosched.service.schemas import CurvePoint, JobCreate, JobDetail, JobView, JobWorkloadView
+from autosched.service.tokens import Caller
 from autosched.service.workloads import register_workload
+from autosched.settings import Settings
 from autosched.tune.measure import TrialStatus
 
+ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
 
-def create_job(session: Session, req: JobCreate, host_hw: HardwareParams) -> JobView:
-    """Queue a job. Wire documents are validated and stored first (WireFormatError → 422)."""
+
+@dataclass(frozen=True)
+class Quotas:
+    """Per-token limits (settings ``quota_*``); admins and trusted callers have none."""
+
+    active_jobs: int
+    workloads_per_job: int
+    trials_per_job: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Quotas:
+        return cls(
+            settings.quota_active_jobs,
+            settings.quota_workloads_per_job,
+            settings.quota_trials_per_job,
+        )
+
+
+def _check_quotas(session: Session, req: JobCreate, caller: Caller, quotas: Quotas) -> None:
+    if caller.is_admin:
+        return
+    # Duplicate keys collapse into one workload; documents are counted as sent (their keys
+    # are only known once stored, and a quota check stores nothing).
+    workloads = len(dict.fromkeys(req.workload_keys)) + len(req.workloads)
+    if workloads > quotas.workloads_per_job:
+        raise QuotaExceededError(
+            f"a job may tune at most {quotas.workloads_per_job} workloads; this one has {workloads}"
+        )
+    trials = workloads * (1 if req.strategy == "static" else req.trials)
+    if trials > quotas.trials_per_job:
+        raise QuotaExceededError(
+            f"a job may measure at most {quotas.trials_per_job} trials (all workloads); this "
+            f"one asks for {trials}"
+        )
+    # Lock the token's row: two concurrent submissions of one token cannot both take the
+    # last free slot (the second waits for the first's commit, then counts it).
+    session.execute(select(ApiToken.id).where(ApiToken.id == caller.token_id).with_for_update())
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.owner_token_id == caller.token_id, Job.state.in_(ACTIVE_STATES))
+    )
+    if (active or 0) >= quotas.active_jobs:
+        raise QuotaExceededError(
+            f"this token has {active} jobs queued or running, its quota is "
+            f"{quotas.active_jobs}: wait for one to finish or cancel one"
+        )
+
+
+def create_job(
+    session: Session,
+    req: JobCreate,
+    host_hw: HardwareParams,
+    *,
+    caller: Caller,
+    quotas: Quotas,
+) -> JobView:
+    """Queue a job owned by ``caller``. Quotas (429) and the device key (422) are checked
+    first; wire documents are then validated and stored (WireFormatError → 422)."""
+    _check_quotas(session, req, caller, quotas)
+    if req.device_key is not None and session.get(Device, req.device_key) is None:
+        raise InvalidRequestError(
+            f"unknown device key {req.device_key!r}: no worker has ever registered it"
+        )
     keys: list[str] = []
     for doc in req.workloads:
         keys.append(register_workload(session, doc, host_hw).key)
@@ -57,11 +134,12 @@ def create_job(session: Session, req: JobCreate, host_hw: HardwareParams) -> Job
         trials_per_workload=req.trials,
         priority=req.priority,
         seed=req.seed,
+        owner_token_id=caller.token_id,
     )
     job.workloads = [JobWorkload(workload_key=k, position=i) for i, k in enumerate(keys)]
     session.add(job)
     session.flush()
-    return _views(session, [job])[0]
+    return _views(session, [job], redact=False)[0]
 
 
 def _device_for_target(session: Session, target: str) -> str:
@@ -77,28 +155,33 @@ def _device_for_target(session: Session, target: str) -> str:
     return device_key
 
 
-def list_jobs(session: Session, state: str | None = None, limit: int = 100) -> list[JobView]:
-    """Newest first."""
+def list_jobs(
+    session: Session, state: str | None = None, limit: int = 100, *, redact: bool = True
+) -> list[JobView]:
+    """Newest first. ``redact`` (the default, for anonymous readers) drops error texts."""
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
     if state is not None:
         query = query.where(Job.state == state)
-    return _views(session, list(session.scalars(query)))
+    return _views(session, list(session.scalars(query)), redact=redact)
 
 
-def get_job(session: Session, job_id: int) -> JobDetail:
+def get_job(session: Session, job_id: int, *, redact: bool = True) -> JobDetail:
     job = _get(session, job_id)
-    view = _views(session, [job])[0]
+    view = _views(session, [job], redact=redact)[0]
     return JobDetail(**view.model_dump(), curve=_curve(session, job_id))
 
 
-def cancel_job(session: Session, job_id: int) -> JobView:
+def cancel_job(session: Session, job_id: int, *, caller: Caller) -> JobView:
     """A queued job is cancelled at once; a running one is flagged for its scheduler.
 
-    Both are conditional updates, so a scheduler claiming the job at the same moment either
-    sees it cancelled or finds ``cancel_requested`` set. Queued trials are cancelled right
-    away so workers skip them.
+    Only its owner or an admin may (PermissionDeniedError otherwise). Both are conditional
+    updates, so a scheduler claiming the job at the same moment either sees it cancelled or
+    finds ``cancel_requested`` set. Queued trials are cancelled right away so workers skip
+    them. The answer is the owner's view: unredacted.
     """
     job = _get(session, job_id)
+    if not caller.owns(job.owner_token_id):
+        raise PermissionDeniedError(f"job {job_id} belongs to another token")
     if job.state in TERMINAL_JOB_STATES:
         raise ConflictError(f"job {job_id} is already {job.state}")
     cancelled = session.execute(
@@ -125,7 +208,7 @@ def cancel_job(session: Session, job_id: int) -> JobView:
     )
     session.flush()
     session.refresh(job)
-    return _views(session, [job])[0]
+    return _views(session, [job], redact=False)[0]
 
 
 def _get(session: Session, job_id: int) -> Job:
@@ -149,7 +232,7 @@ def _gflops(flops: float, latency: float | None) -> float | None:
     return flops / latency / 1e9 if latency else None
 
 
-def _views(session: Session, jobs: Sequence[Job]) -> list[JobView]:
+def _views(session: Session, jobs: Sequence[Job], *, redact: bool) -> list[JobView]:
     """Views of ``jobs`` from three grouped queries, whatever the number of jobs or trials."""
     if not jobs:
         return []
@@ -196,11 +279,14 @@ def _views(session: Session, jobs: Sequence[Job]) -> list[JobView]:
     ):
         errors[job_id][status] = count
 
-    return [_job_view(job, per_job[job.id], done_per_job[job.id], errors[job.id]) for job in jobs]
+    return [
+        _job_view(job, per_job[job.id], done_per_job[job.id], errors[job.id], redact)
+        for job in jobs
+    ]
 
 
 def _job_view(
-    job: Job, workloads: list[_WorkloadStats], done: int, errors: dict[str, int]
+    job: Job, workloads: list[_WorkloadStats], done: int, errors: dict[str, int], redact: bool
 ) -> JobView:
     per_workload = 1 if job.strategy == "static" else job.trials_per_workload
     bests = [w.best for w in workloads]
@@ -235,7 +321,8 @@ def _job_view(
             )
             for w in workloads
         ],
-        error=job.error,
+        # The text may quote a sandbox's stderr (paths, host details); the state says failed.
+        error=None if redact else job.error,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,

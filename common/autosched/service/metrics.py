@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from autosched.db.models import Job, JobState, Trial, TrialState, Worker, WorkerState, utcnow
 from autosched.db.session import session_scope
+from autosched.service.farm import public_worker_id
 from autosched.tune.measure import TrialStatus
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,9 @@ class FleetCollector(Collector):
         )
         for worker_id, device_key, state, last in recent:
             seconds = max(0.0, (now - last).total_seconds())
-            age.add_metric([worker_id, device_key, state], seconds)
+            # /metrics may be read anonymously: worker ids embed host names, so the label
+            # is the same pseudonym anonymous API views show.
+            age.add_metric([public_worker_id(worker_id), device_key, state], seconds)
         return [jobs_family, trials, errors, rate, depth_family, workers_family, age]
 
 

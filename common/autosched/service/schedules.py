@@ -1,109 +1,154 @@
 """Schedules clients fetch: the best verified config of a workload on a target, or, until
-one exists, the static schedule for that target's hardware (marked ``source="static"``)."""
+one exists, the static schedule for that target's hardware (marked ``source="static"``).
+
+Every TVM object (the PrimFunc, the static schedule's trace) is built in the template
+sandbox (``workload_sandbox``), never in the API process. A lookup by declaration stores
+nothing: storing a workload is ``POST /v1/workloads``, which needs a submit token.
+"""
 
 from __future__ import annotations
+
+import re
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from autosched.db.models import BestConfig, TemplateRow, Worker, WorkerState, WorkloadRow
-from autosched.errors import NotFoundError
+from autosched.db.models import BestConfig, TemplateRow, Worker, WorkerState
+from autosched.errors import InvalidRequestError, NotFoundError
 from autosched.hardware import HardwareParams
-from autosched.service.schemas import ScheduleLookup, ScheduleView
-from autosched.service.workloads import (
-    ensure_template,
-    get_workload_row,
-    load_stored,
-    parse_workload,
-    store_workload,
+from autosched.service import workload_sandbox
+from autosched.service.schemas import (
+    TARGET_KEY_MAX,
+    TARGET_KEY_PATTERN,
+    ScheduleLookup,
+    ScheduleView,
 )
-from autosched.wire import Workload
+from autosched.service.workload_sandbox import BuiltTemplate
+from autosched.service.workloads import (
+    check_document,
+    find_template,
+    get_workload_row,
+    template_row,
+)
 
 
 def get_schedule(
     session: Session, workload_key: str, target_key: str | None, host_hw: HardwareParams
 ) -> ScheduleView:
-    """``target_key`` None means the API host's own target."""
+    """``target_key`` None means the API host's own target. The template of a target seen
+    for the first time is built (in the sandbox) and stored for the stored workload."""
+    target = _target(target_key, host_hw)
     row = get_workload_row(session, workload_key)
-    return _schedule(session, row, None, target_key, host_hw)
+    template = find_template(session, row.key, target)
+    best = session.get(BestConfig, (row.key, target))
+    built: BuiltTemplate | None = None
+    version = ""
+    if template is None:
+        # Built lazily, for the hardware of whoever compiles for that target; the static
+        # trace comes from the same sandbox call when it is what will be answered.
+        hw = _hardware_for(session, target, host_hw)
+        facts = workload_sandbox.describe(row.wire, [hw], trace=best is None)
+        built, version = facts.targets[0], facts.tvm_version
+        template = template_row(session, row.key, hw, lambda _hw: facts.targets[0])
+
+    if best is not None:
+        return _tuned(row.key, target, _as_built(template), best)
+    if built is None or built.static_trace is None:
+        trace, version = workload_sandbox.static_trace(
+            row.wire, template.hardware, template.template, template.static_config
+        )
+        built = BuiltTemplate(
+            target, template.hardware, template.template, template.static_config, trace
+        )
+    return _static(row.key, built, version)
 
 
 def lookup_schedule(session: Session, req: ScheduleLookup, host_hw: HardwareParams) -> ScheduleView:
-    """Fetch by compute declaration: the server computes the key and stores a new workload,
-    so the lookup also registers it for tuning later."""
-    workload = parse_workload(req.workload)
-    row, _ = store_workload(session, workload)
-    return _schedule(session, row, workload, req.target, host_hw)
+    """Fetch by compute declaration: the key and the schedule are computed (in the sandbox)
+    and nothing is stored, so anonymous readers cannot fill the database."""
+    check_document(req.workload)
+    target = _target(req.target, host_hw)
+    hw = _hardware_for(session, target, host_hw)
+    facts = workload_sandbox.describe(req.workload, [hw], trace=True)
+    built = facts.targets[0]
+    # A stored template wins: a tuned config was made in it, for its hardware.
+    stored = find_template(session, facts.key, target)
+    template = _as_built(stored) if stored is not None else built
+    best = session.get(BestConfig, (facts.key, target))
+    if best is not None:
+        return _tuned(facts.key, target, template, best)
+    if template.hardware != built.hardware or template.static_config != built.static_config:
+        trace, _ = workload_sandbox.static_trace(
+            req.workload, template.hardware, template.template, template.static_config
+        )
+        template = BuiltTemplate(
+            target, template.hardware, template.template, template.static_config, trace
+        )
+    else:
+        template = built
+    return _static(facts.key, template, facts.tvm_version)
 
 
-def _schedule(
-    session: Session,
-    row: WorkloadRow,
-    workload: Workload | None,
-    target_key: str | None,
-    host_hw: HardwareParams,
-) -> ScheduleView:
-    import tvm
+def check_target_key(target: str) -> str:
+    """A target key from a request body, bounded before it reaches a query."""
+    if len(target) > TARGET_KEY_MAX or not re.fullmatch(TARGET_KEY_PATTERN, target):
+        raise InvalidRequestError(
+            f"target {target[:TARGET_KEY_MAX]!r} is not a target key "
+            "(<kind>/<mcpu>/<cores>c/<vector bits>b)"
+        )
+    return target
 
+
+def _target(target_key: str | None, host_hw: HardwareParams) -> str:
     from autosched.tune.tune import target_key as key_of
 
-    target = target_key or key_of(host_hw)
-    template = session.scalars(
-        select(TemplateRow).where(
-            TemplateRow.workload_key == row.key, TemplateRow.target_key == target
-        )
-    ).one_or_none()
-    if template is None:
-        # Built lazily, for the hardware of whoever compiles for that target.
-        hw = _hardware_for(session, target, host_hw)
-        template = ensure_template(session, workload or load_stored(row), hw)
+    return check_target_key(target_key) if target_key is not None else key_of(host_hw)
 
-    best = session.get(BestConfig, (row.key, target))
-    if best is not None:
-        return ScheduleView(
-            workload_key=row.key,
-            target_key=target,
-            source="tuned",
-            config=best.config,
-            template=template.template,
-            hardware=template.hardware,
-            trace=best.trace,
-            latency=best.latency,
-            gflops=best.gflops,
-            worker_id=best.worker_id,
-            device_key=best.device_key,
-            tvm_version=best.tvm_version,
-            updated_at=best.updated_at,
-        )
 
-    from autosched.schedule import apply_config, trace_json
-    from autosched.space import Config, Template
+def _as_built(row: TemplateRow) -> BuiltTemplate:
+    return BuiltTemplate(row.target_key, row.hardware, row.template, row.static_config)
 
-    workload = workload or load_stored(row)
-    hw = HardwareParams.from_json(template.hardware)
-    config = Config.from_json(template.static_config)
-    sch = apply_config(
-        workload.prim_func, config, hw, template=Template.from_json(template.template)
-    )
+
+def _tuned(key: str, target: str, template: BuiltTemplate, best: BestConfig) -> ScheduleView:
     return ScheduleView(
-        workload_key=row.key,
+        workload_key=key,
         target_key=target,
-        source="static",
-        config=template.static_config,
+        source="tuned",
+        config=best.config,
         template=template.template,
         hardware=template.hardware,
-        trace=trace_json(sch),
+        trace=best.trace,
+        latency=best.latency,
+        gflops=best.gflops,
+        worker_id=best.worker_id,
+        device_key=best.device_key,
+        tvm_version=best.tvm_version,
+        updated_at=best.updated_at,
+    )
+
+
+def _static(key: str, built: BuiltTemplate, tvm_version: str) -> ScheduleView:
+    assert built.static_trace is not None
+    return ScheduleView(
+        workload_key=key,
+        target_key=built.target_key,
+        source="static",
+        config=built.static_config,
+        template=built.template,
+        hardware=built.hardware,
+        trace=built.static_trace,
         latency=None,
         gflops=None,
         worker_id=None,
         device_key=None,
-        tvm_version=tvm.__version__,
+        tvm_version=tvm_version,
         updated_at=None,
     )
 
 
 def _hardware_for(session: Session, target: str, host_hw: HardwareParams) -> HardwareParams:
-    """Hardware of a target no template exists for: an online worker's, else the host's."""
+    """Hardware of a target: an online worker's, else the host's, else that of a template
+    stored for it (its worker may be offline now)."""
     from autosched.tune.tune import target_key as key_of
 
     doc = session.scalars(
@@ -116,4 +161,12 @@ def _hardware_for(session: Session, target: str, host_hw: HardwareParams) -> Har
         return HardwareParams.from_json(doc)
     if key_of(host_hw) == target:
         return host_hw
+    doc = session.scalars(
+        select(TemplateRow.hardware)
+        .where(TemplateRow.target_key == target)
+        .order_by(TemplateRow.id.desc())
+        .limit(1)
+    ).first()
+    if doc is not None:
+        return HardwareParams.from_json(doc)
     raise NotFoundError(f"unknown target {target!r}: no template, online worker or host for it")

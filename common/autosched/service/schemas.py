@@ -1,17 +1,50 @@
 """Request and response models of the REST API, shared by the server and the Python client.
 
 Latencies are seconds (None where nothing verified yet); times are timezone-aware UTC.
+
+Every request field is bounded here, before anything reaches the database: strings by the
+length of their column and a pattern, integers by the column's type (int32), lists and
+dicts by size. A request outside them is a 422 that names the field, never a 500 from the
+database.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 Strategy = Literal["static", "random", "evolutionary"]
 Scope = Literal["submit", "worker", "admin"]
+
+INT32_MAX = 2**31 - 1
+#: Ids of rows (jobs, tokens): Integer primary keys.
+RowId = Annotated[int, Field(ge=1, le=INT32_MAX)]
+#: Celery queue names are ``device.<key>``: letters, digits and . _ - only (column: 120).
+DEVICE_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+DeviceKey = Annotated[str, StringConstraints(max_length=120, pattern=DEVICE_KEY_PATTERN)]
+#: ``v<format version>-<16 hex digits>`` (wire/key.py; column: 80).
+WORKLOAD_KEY_PATTERN = r"^v[0-9]{1,4}-[0-9a-f]{16}$"
+WORKLOAD_KEY_MAX = 80  # workloads.key's column
+WorkloadKey = Annotated[
+    str, StringConstraints(max_length=WORKLOAD_KEY_MAX, pattern=WORKLOAD_KEY_PATTERN)
+]
+#: ``<kind>/<mcpu>/<cores>c/<vector bits>b`` (tune.target_key; column: 120).
+TARGET_KEY_PATTERN = r"^[a-z]{1,16}/[a-z][a-z0-9_.-]{0,63}/[0-9]{1,4}c/[0-9]{1,4}b$"
+TARGET_KEY_MAX = 120  # the target_key columns
+TargetKey = Annotated[str, StringConstraints(max_length=TARGET_KEY_MAX, pattern=TARGET_KEY_PATTERN)]
+#: A worker's id, ``host:pid:uuid`` by default (column: 200).
+WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
+WorkerId = Annotated[str, StringConstraints(max_length=200, pattern=WORKER_ID_PATTERN)]
+HOSTNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+Hostname = Annotated[str, StringConstraints(max_length=200, pattern=HOSTNAME_PATTERN)]
+#: Printable names without control characters (column: 200).
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NAME_PATTERN)]
+#: Hard bounds on list sizes; the per-token quotas (settings) are usually lower.
+MAX_JOB_WORKLOADS = 1000
+MAX_TOKEN_DEVICE_KEYS = 64
 
 
 class StageView(BaseModel):
@@ -39,14 +72,14 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Either workload keys already stored, or wire-format documents (stored on the way in).
-    workload_keys: list[str] = Field(default_factory=list)
-    workloads: list[dict[str, Any]] = Field(default_factory=list)
-    device_key: str | None = None
-    target: str | None = None  # a target key; resolved to a registered device key
+    workload_keys: list[WorkloadKey] = Field(default_factory=list, max_length=MAX_JOB_WORKLOADS)
+    workloads: list[dict[str, Any]] = Field(default_factory=list, max_length=MAX_JOB_WORKLOADS)
+    device_key: DeviceKey | None = None
+    target: TargetKey | None = None  # resolved to a registered device key
     trials: int = Field(default=64, ge=1, le=100_000)  # per workload
     strategy: Strategy = "evolutionary"
     priority: int = Field(default=0, ge=-100, le=100)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=INT32_MAX)  # stored as a 32-bit integer
 
     @model_validator(mode="after")
     def _something_to_tune(self) -> JobCreate:
@@ -122,26 +155,32 @@ class ScheduleLookup(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     workload: dict[str, Any]  # wire-format document; the server computes the key
-    target: str | None = None
+    target: TargetKey | None = None
 
 
 class WorkerRegister(BaseModel):
+    """The server derives the target key and the TVM target from ``hardware`` (validated by
+    ``autosched.hardware.HostDescription.from_report``); ``target_key`` and ``target``, when
+    sent, must agree with it (422 otherwise)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    worker_id: str
-    device_key: str
-    target_key: str
-    target: dict[str, Any]
-    hardware: dict[str, Any]
-    hostname: str
+    worker_id: WorkerId
+    device_key: DeviceKey
+    target_key: TargetKey | None = None
+    target: dict[str, Any] | None = Field(default=None, max_length=64)
+    hardware: dict[str, Any] = Field(max_length=16)
+    hostname: Hostname
 
 
 class WorkerView(BaseModel):
+    # Anonymous views carry a pseudonym (``w-<hash>``) instead of the id, which embeds the
+    # host name, and no hostname.
     id: str
     device_key: str
     target_key: str
     hardware: dict[str, Any]
-    hostname: str
+    hostname: str | None
     state: str  # WorkerState
     registered_at: datetime
     last_heartbeat: datetime
@@ -153,14 +192,17 @@ class WorkerView(BaseModel):
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    scopes: list[Scope]
+    name: Name
+    scopes: list[Scope] = Field(max_length=3)  # none: a token that only reads
+    # Worker tokens: the device keys it may register workers for (none: it registers nothing).
+    device_keys: list[DeviceKey] = Field(default_factory=list, max_length=MAX_TOKEN_DEVICE_KEYS)
 
 
 class TokenCreated(BaseModel):
     id: int
     name: str
     scopes: list[Scope]
+    device_keys: list[str] = Field(default_factory=list)
     token: str  # shown once; only its hash is stored
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -26,21 +27,64 @@ SCOPES = ("submit", "worker", "admin")
 TOKEN_PREFIX = "as_"
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who makes a request, as the service layer sees it: a token's id, scopes and granted
+    device keys, copied out of its row (the row's session is gone by the time routes run).
+
+    ``token_id`` None is a trusted caller: the API with auth off (single-user mode) or a
+    process with database access (workers, scheduler, CLI ``--direct``). It may do anything,
+    and what it creates has no owner.
+    """
+
+    token_id: int | None
+    scopes: frozenset[str] = frozenset()
+    device_keys: frozenset[str] = frozenset()
+
+    @classmethod
+    def trusted(cls) -> Caller:
+        return cls(None, frozenset(SCOPES))
+
+    @classmethod
+    def of(cls, row: ApiToken) -> Caller:
+        return cls(row.id, frozenset(row.scopes), frozenset(row.device_keys or ()))
+
+    @property
+    def is_admin(self) -> bool:
+        return self.token_id is None or "admin" in self.scopes
+
+    def may_serve(self, device_key: str) -> bool:
+        """Whether it may register workers for ``device_key``."""
+        return self.is_admin or device_key in self.device_keys
+
+    def owns(self, owner_token_id: int | None) -> bool:
+        """Whether it may act on a row owned by ``owner_token_id`` (a job, a worker)."""
+        return self.is_admin or owner_token_id == self.token_id
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, name: str, scopes: Sequence[str]) -> TokenCreated:
-    """A new token; the plaintext is in the return value and nowhere else."""
+def create_token(
+    session: Session, name: str, scopes: Sequence[str], device_keys: Sequence[str] = ()
+) -> TokenCreated:
+    """A new token; the plaintext is in the return value and nowhere else.
+
+    ``device_keys`` are what a worker token may serve; only a worker token takes them.
+    """
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
         raise InvalidRequestError(f"unknown scopes {unknown}; known: {list(SCOPES)}")
     scopes = list(dict.fromkeys(scopes))
+    keys = list(dict.fromkeys(device_keys))
+    if keys and "worker" not in scopes:
+        raise InvalidRequestError("device keys bind a worker token: add the 'worker' scope")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    row = ApiToken(name=name, token_hash=hash_token(token), scopes=scopes)
+    row = ApiToken(name=name, token_hash=hash_token(token), scopes=scopes, device_keys=keys)
     session.add(row)
     session.flush()
-    return TokenCreated(id=row.id, name=row.name, scopes=scopes, token=token)
+    return TokenCreated(id=row.id, name=row.name, scopes=scopes, device_keys=keys, token=token)
 
 
 def authenticate(session: Session, token: str | None, scope: str | None) -> ApiToken:

@@ -10,7 +10,7 @@ from tvm import s_tir
 
 from autosched.analysis import MetaTemplateKind, StageInfo
 from autosched.hardware import HardwareParams
-from autosched.space import Knob, KnobValue
+from autosched.space import Knob, KnobValue, divisors
 
 UNROLL_STEPS = (0, 16, 64, 512)
 
@@ -84,16 +84,13 @@ def loop_extent(sch: s_tir.Schedule, loop: Any) -> int:
 
 def best_vector(extent: int, lanes: int) -> int:
     """Largest factor of ``extent`` up to ``lanes`` (a full vector when it divides)."""
-    for v in range(min(lanes, extent), 0, -1):
-        if extent % v == 0:
-            return v
-    return 1
+    return (divisors(extent, lanes) or [1])[-1]
 
 
 def vector_choices(extent: int, limit: int = 64) -> tuple[int, ...]:
     """Vector widths for a loop: its divisors up to ``limit`` (a guarded vector loop would
     predicate every lane)."""
-    return tuple(d for d in range(1, min(extent, limit) + 1) if extent % d == 0)
+    return tuple(divisors(extent, limit))
 
 
 def parallel_vectorize_root(

@@ -93,7 +93,8 @@ class ComplexReduction(MetaTemplate):
             while True:
                 s1, s2, s3 = inner[axis]
                 rest = extents[axis] // (s1 * s2 * s3)
-                grow = _smallest_factor(rest)
+                # A factor over tile_budget could never pass the check below.
+                grow = _smallest_factor(rest, tile_budget)
                 if grow is None:
                     break
                 tile = math.prod(math.prod(v) for v in inner.values()) * grow
@@ -315,20 +316,25 @@ def _register_axis(stage: StageInfo, vec_axis: int | None) -> int | None:
 def _pick_vector(extent: int, lanes: int) -> int:
     """The innermost tile: the divisor (up to two vectors) that fills vector lanes best,
     the narrower one on ties (fewer registers per accumulator row)."""
-    options = [d for d in divisors(extent) if d <= 2 * lanes]
+    options = divisors(extent, 2 * lanes)
     best = max(options, key=lambda d: (d / (-(-d // lanes) * lanes), -d if d > lanes else d))
     return best
 
 
 def _largest_divisor_at_most(extent: int, limit: int) -> int:
-    return max(d for d in divisors(extent) if d <= max(1, limit))
+    return divisors(extent, max(1, limit))[-1]
 
 
-def _smallest_factor(n: int) -> int | None:
-    for d in divisors(n):
-        if d > 1:
+def _smallest_factor(n: int, limit: int) -> int | None:
+    """The smallest factor > 1 of ``n`` if it is at most ``limit``, else None.
+
+    Trial division stops at ``limit`` (the caller rejects anything larger anyway) and at
+    sqrt(n), so neither a huge prime extent nor a huge limit makes it slow.
+    """
+    for d in range(2, min(math.isqrt(n), limit) + 1):
+        if n % d == 0:
             return d
-    return None
+    return n if 1 < n <= limit else None  # no factor up to sqrt(n): n is prime (or 1)
 
 
 def _outer_product(inner: dict[int, list[int]], extents: tuple[int, ...]) -> int:

@@ -48,12 +48,12 @@ class _Builder:
         def fcompute(*axes: Any) -> Any:
             return self.expr(st.body, dict(zip(st.axes, axes, strict=True)), st.index_dtype)
 
+        # Only allow-listed attrs exist on the model (validate refused the rest), and none of
+        # them carries client text: layout_free_placeholders holds tensors, not strings.
         attrs: dict[str, Any] = {}
-        for k, v in st.attrs.items():
-            if isinstance(v, m.TensorRefs):
-                attrs[k] = [self.tensors[t] for t in v.tensors]
-            else:
-                attrs[k] = v
+        refs = st.attrs.layout_free_placeholders
+        if refs is not None:
+            attrs["layout_free_placeholders"] = [self.tensors[t] for t in refs.tensors]
         return te.compute(
             [tirx.IntImm(st.index_dtype, d) for d in st.shape],
             fcompute,

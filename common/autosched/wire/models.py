@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from autosched import WIRE_FORMAT_VERSION
 from autosched.wire.ops import (
@@ -23,12 +23,12 @@ from autosched.wire.ops import (
     IntDtype,
     IntrinsicName,
     Reducer,
+    TopiTag,
     UnaryOpName,
 )
 
 # Names become buffer, block and loop-variable names in generated code: keep them identifiers.
 Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
-AttrKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$", max_length=64)]
 Dim = Annotated[StrictInt, Field(ge=1)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -176,16 +176,19 @@ Expr = Annotated[
 # ---------------------------------------------------------------------------------------------
 # Tensors and the DAG.
 
-AttrScalar = StrictStr | StrictBool | StrictInt | FiniteFloat
-
 
 class TensorRefs(_Model):
-    """An attribute value that is a list of tensors (e.g. ``layout_free_placeholders``)."""
+    """An attribute value that is a list of tensors (``layout_free_placeholders``)."""
 
     tensors: list[Name]
 
 
-AttrValue = AttrScalar | list[AttrScalar] | TensorRefs
+class StageAttrs(_Model):
+    """The te op's ``attrs``, from an allow-list (``ops.STAGE_ATTRS``): attrs become block
+    annotations or function attributes, and some annotations reach code generation, so a key
+    is accepted only when its meaning is known and harmless. Every other key is refused."""
+
+    layout_free_placeholders: TensorRefs | None = None
 
 
 class Placeholder(_Model):
@@ -200,9 +203,9 @@ class Placeholder(_Model):
 class Stage(_Model):
     """A ``te.compute``: ``name[axes...] = body`` over ``shape``.
 
-    ``dtype`` must equal the dtype of ``body``. ``tag`` and ``attrs`` are the te op's tag and
-    attributes; attrs become block annotations (e.g. ``schedule_rule``) or function attributes
-    (``layout_free_placeholders``) in the PrimFunc.
+    ``dtype`` must equal the dtype of ``body``. ``tag`` is the te op's tag, from TOPI's
+    vocabulary (``ops.TOPI_TAGS``; descriptive only, it does not reach the PrimFunc). ``attrs``
+    are the op's attributes, from an allow-list (``StageAttrs``).
     """
 
     name: Name
@@ -211,8 +214,8 @@ class Stage(_Model):
     axes: list[Name]
     body: Expr
     index_dtype: IndexDtype = "int32"
-    tag: Annotated[StrictStr, Field(max_length=256)] = ""
-    attrs: dict[AttrKey, AttrValue] = Field(default_factory=dict)
+    tag: TopiTag = ""
+    attrs: StageAttrs = Field(default_factory=StageAttrs)
 
 
 class ComputeDAG(_Model):

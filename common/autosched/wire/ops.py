@@ -178,3 +178,61 @@ REDUCERS = ("sum", "max", "min")
 Reducer = Literal["sum", "max", "min"]
 
 NON_FINITE = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
+
+# Stage attrs (te.compute ``attrs``) a document may carry. Attrs become block annotations or
+# function attributes in the PrimFunc, and some annotations reach code generation: a
+# ``pragma_import_llvm`` string is parsed as LLVM IR and linked into the kernel (a value ending
+# in ``.ll`` is read from disk). So this is an allow-list of keys whose meaning is known and
+# harmless, never a deny-list. ``layout_free_placeholders`` (value: placeholder names) becomes
+# the ``layout_free_buffers`` function attribute, a list of parameter indices. TVM's own
+# scheduler hints (``schedule_rule``, topi's ``axis``) are not listed: our templates do not
+# read annotations, so ``serialize`` drops them.
+STAGE_ATTRS = ("layout_free_placeholders",)
+
+# A te op's ``tag`` names its kind in TOPI's vocabulary. It does not reach the PrimFunc (checked
+# in tests/test_wire_trust.py: not in the built function, not in its structural hash), but it is
+# stored with the document and shown back to other users, so free text is refused: the tag is
+# one of these (the generic categories from ``tvm.topi.tag``, their composites, and the named
+# kernels topi's CPU-relevant compute definitions emit) or empty. ``serialize`` drops others.
+TOPI_TAGS = (
+    "",
+    # generic categories (tvm.topi.tag) and composites
+    "elemwise",
+    "broadcast",
+    "injective",
+    "comm_reduce",
+    "comm_reduce_idx",
+    "injective,pad",
+    "injective,dilate",
+    # named kernels
+    "matmul",
+    "dense",
+    "dense_pack",
+    "batch_matmul",
+    "einsum",
+    "conv1d_ncw",
+    "conv1d_nwc",
+    "conv2d_nchw",
+    "conv2d_nhwc",
+    "conv2d_hwcn",
+    "conv3d_ncdhw",
+    "conv3d_ndhwc",
+    "group_conv2d_nchw",
+    "group_conv2d_nhwc",
+    "depthwise_conv2d_nchw",
+    "depthwise_conv2d_nhwc",
+    "conv1d_transpose_ncw",
+    "conv2d_transpose_nchw",
+    "conv3d_transpose_ncdhw",
+    "pool_max",
+    "pool_sum",
+    "pool_avg",
+    "adaptive_pool_max",
+    "adaptive_pool_sum",
+    "adaptive_pool_avg",
+    "softmax_output",
+    "log_softmax_output",
+    "fast_softmax_output",
+    "sqr_sum",
+)
+TopiTag = Literal[TOPI_TAGS]  # type: ignore[valid-type]

@@ -23,7 +23,9 @@ from autosched.wire.ops import (
     IF_THEN_ELSE_OP,
     INTRINSIC_BY_OP,
     INTRINSICS,
+    STAGE_ATTRS,
     TENSOR_LOAD_OP,
+    TOPI_TAGS,
     UNARY_OPS,
 )
 
@@ -195,29 +197,37 @@ class _Serializer:
             ),
             "index_dtype": idx,
         }
-        if op.tag:
+        # The tag does not reach the PrimFunc, so one outside TOPI's vocabulary (which the server
+        # refuses) is dropped rather than failing the whole declaration.
+        if op.tag and str(op.tag) in TOPI_TAGS:
             out["tag"] = str(op.tag)
-        if op.attrs:
-            out["attrs"] = {str(k): self.attr(str(k), v) for k, v in op.attrs.items()}
+        attrs = {}
+        for k, v in op.attrs.items() if op.attrs else ():
+            key = str(k)
+            if key.startswith("pragma_"):
+                # A pragma changes the generated code; dropping it would change the kernel.
+                raise self.fail(
+                    f"attr {key!r} is a pragma, which reaches code generation; the wire format "
+                    f"carries only {', '.join(STAGE_ATTRS)}"
+                )
+            if key in STAGE_ATTRS:
+                attrs[key] = self.tensor_refs(key, v)
+            # Any other key is a hint for TVM's own schedulers (MetaSchedule's schedule_rule,
+            # topi's axis): it does not reach code generation and our templates ignore it.
+        if attrs:
+            out["attrs"] = attrs
         return out
 
-    def attr(self, key: str, v: Any) -> Any:
-        if isinstance(v, str | bool | int | float):
-            return v if not isinstance(v, str) else str(v)
-        if isinstance(v, tirx.IntImm | tirx.FloatImm):
-            raise self.fail(f"attr {key!r} holds a TVM constant; use a plain Python number")
-        if isinstance(v, tvm_ffi.Array | list | tuple):
-            items = list(v)
-            if items and all(isinstance(x, te.Tensor) for x in items):
-                refs = []
-                for t in items:
-                    if t.op not in self.names:
-                        raise self.fail(f"attr {key!r} names a tensor outside this DAG")
-                    refs.append(self.names[t.op])
-                return {"tensors": refs}
-            if all(isinstance(x, str | bool | int | float) for x in items):
-                return [str(x) if isinstance(x, str) else x for x in items]
-        raise self.fail(f"attr {key!r} has a value the wire format cannot hold: {v!r}")
+    def tensor_refs(self, key: str, v: Any) -> dict[str, list[str]]:
+        items = list(v) if isinstance(v, tvm_ffi.Array | list | tuple) else []
+        if not all(isinstance(x, te.Tensor) for x in items):
+            raise self.fail(f"attr {key!r} must be a list of placeholder tensors, not {v!r}")
+        refs = []
+        for t in items:
+            if t.op not in self.names:
+                raise self.fail(f"attr {key!r} names a tensor outside this DAG")
+            refs.append(self.names[t.op])
+        return {"tensors": refs}
 
     def reduce(self, r: Any, scope: list[tuple[Any, str]], names: _NameSupply, idx: str) -> Any:
         c = r.combiner

@@ -3,9 +3,10 @@
 1. ``load_json`` / ``prescan``: parse the text (size-limited, no NaN tokens, no duplicate keys)
    and walk the raw structure *iteratively* to bound its nesting depth and size. This runs before
    pydantic so that a 100 000-deep document cannot reach any recursive code.
-2. ``parse``: the pydantic models check field names, types and node kinds.
+2. ``parse``: the pydantic models check field names, types and node kinds, the stage attrs'
+   allow-list and the tag vocabulary.
 3. ``check``: the semantic rules, i.e. scoping (tensors, axes), topological order, operand dtypes,
-   shape and byte limits, output and argument lists.
+   shape and byte limits, work caps (``caps.py``), attr values, output and argument lists.
 
 Every failure is a ``WireFormatError`` whose ``path`` names the offending field, e.g.
 ``stages[2].body.args[0].tensor``.
@@ -25,6 +26,7 @@ from autosched import WIRE_FORMAT_VERSION
 from autosched.errors import WireFormatError
 from autosched.settings import Settings, get_settings
 from autosched.wire import models as m
+from autosched.wire.caps import WorkCounter, check_extent
 from autosched.wire.ops import (
     BINARY_OPS,
     FLOAT_DTYPES,
@@ -33,6 +35,7 @@ from autosched.wire.ops import (
     INT_RANGE,
     INTRINSICS,
     ITEM_BYTES,
+    STAGE_ATTRS,
     UNARY_OPS,
 )
 
@@ -51,10 +54,7 @@ _MAX_FINITE = {
     "float32": 3.4028234663852886e38,
     "float64": math.inf,
 }
-_MAX_ATTRS = 32
 _MAX_ATTR_LIST = 64
-_MAX_ATTR_STR = 256
-_TENSOR_REF_ATTRS = ("layout_free_placeholders",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +186,9 @@ def validation_error(raw: Any, err: pydantic.ValidationError) -> WireFormatError
         if p != paths[0]:
             continue
         msg = e["msg"]
-        if e["type"] in ("extra_forbidden", "missing") and e["loc"]:
+        if e["type"] == "extra_forbidden" and len(e["loc"]) >= 2 and e["loc"][-2] == "attrs":
+            msg = _attr_refused(e["loc"][-1])
+        elif e["type"] in ("extra_forbidden", "missing") and e["loc"]:
             msg = f"{msg} ({e['loc'][-1]!r})"
         if msg not in msgs:
             msgs.append(msg)
@@ -195,6 +197,17 @@ def validation_error(raw: Any, err: pydantic.ValidationError) -> WireFormatError
     if others:
         msg += f" (and {others} more problem{'s' if others > 1 else ''})"
     return WireFormatError(msg, paths[0])
+
+
+def _attr_refused(key: Any) -> str:
+    # Say why, not only what: a client that sent schedule_rule or a pragma needs to know the
+    # server does not take arbitrary annotations at all.
+    shown = repr(key) if len(str(key)) <= 64 else repr(str(key)[:64]) + "..."
+    return (
+        f"stage attr {shown} is not accepted; allowed attrs: {', '.join(STAGE_ATTRS)} "
+        "(attrs become annotations in the built code, so only keys with a known, harmless "
+        "meaning are taken)"
+    )
 
 
 def parse(raw: Any) -> m.ComputeDAG:
@@ -269,6 +282,7 @@ class _Checker:
                     f"tensor {name!r}: dimension {d} does not fit index_dtype {idx}",
                     f"{path}.shape[{i}]",
                 )
+            check_extent(d, f"tensor {name!r} dimension {i}", f"{path}.shape[{i}]", self.s)
         nbytes = numel * ITEM_BYTES[dtype]
         if nbytes > self.s.max_tensor_bytes:
             raise WireFormatError(
@@ -486,6 +500,7 @@ class _Checker:
                     f"reduce axis name {ax.name!r} is already used in stage {sc.stage_name!r}",
                     f"{ap}.name",
                 )
+            check_extent(ax.extent, f"reduce axis {ax.name!r}", f"{ap}.extent", self.s)
             if ax.start + ax.extent - 1 > hi:
                 raise WireFormatError(
                     f"reduce axis {ax.name!r} range does not fit index_dtype {idx}", ap
@@ -519,38 +534,24 @@ class _Checker:
     # -- attributes ---------------------------------------------------------------------------
 
     def attrs(self, stage: m.Stage, path: str) -> None:
-        if len(stage.attrs) > _MAX_ATTRS:
-            raise WireFormatError(f"more than {_MAX_ATTRS} attrs", f"{path}.attrs")
-        for key, value in stage.attrs.items():
-            ap = f"{path}.attrs.{key}"
-            if key in _TENSOR_REF_ATTRS:
-                if not isinstance(value, m.TensorRefs):
-                    raise WireFormatError(
-                        f'attr {key!r} must be {{"tensors": [placeholder names]}}', ap
-                    )
-                values: list[Any] = list(value.tensors)
-                for i, t in enumerate(value.tensors):
-                    info = self.tensors.get(t)
-                    if info is None or info.kind != "placeholder":
-                        raise WireFormatError(
-                            f"attr {key!r} names {t!r}, which is not a placeholder",
-                            f"{ap}.tensors[{i}]",
-                        )
-            elif isinstance(value, m.TensorRefs):
+        """The allow-listed attrs' values (the models already refused every other key)."""
+        refs = stage.attrs.layout_free_placeholders
+        if refs is None:
+            return
+        ap = f"{path}.attrs.layout_free_placeholders"
+        if len(refs.tensors) > _MAX_ATTR_LIST:
+            raise WireFormatError(f"more than {_MAX_ATTR_LIST} tensors", f"{ap}.tensors")
+        seen: set[str] = set()
+        for i, t in enumerate(refs.tensors):
+            info = self.tensors.get(t)
+            if info is None or info.kind != "placeholder":
                 raise WireFormatError(
-                    f"only {', '.join(_TENSOR_REF_ATTRS)} may hold tensors, not {key!r}", ap
+                    f"layout_free_placeholders names {t!r}, which is not a placeholder",
+                    f"{ap}.tensors[{i}]",
                 )
-            else:
-                values = value if isinstance(value, list) else [value]
-            if len(values) > _MAX_ATTR_LIST:
-                raise WireFormatError(f"attr {key!r} has more than {_MAX_ATTR_LIST} entries", ap)
-            lo, hi = INT_RANGE["int64"]
-            if any(isinstance(v, int) and not lo <= v <= hi for v in values):
-                raise WireFormatError(f"attr {key!r} holds an integer outside int64", ap)
-            if any(isinstance(v, str) and len(v) > _MAX_ATTR_STR for v in values):
-                raise WireFormatError(
-                    f"attr {key!r} holds a string longer than {_MAX_ATTR_STR}", ap
-                )
+            if t in seen:
+                raise WireFormatError(f"{t!r} listed twice", f"{ap}.tensors[{i}]")
+            seen.add(t)
 
     # -- the whole DAG --------------------------------------------------------------------------
 
@@ -566,6 +567,7 @@ class _Checker:
                 "placeholders",
             )
         total = 0
+        work = WorkCounter(s)
         for i, p in enumerate(dag.placeholders):
             path = f"placeholders[{i}]"
             self.define(path, p.name, _TensorInfo("placeholder", i, p.shape, p.dtype))
@@ -605,6 +607,11 @@ class _Checker:
                     f"{path}.dtype",
                 )
             self.attrs(st, path)
+            if isinstance(st.body, m.Reduce):
+                reduce_extents = [ax.extent for ax in st.body.axes]
+                work.add_stage(st.name, st.shape, reduce_extents, f"{path}.body.axes")
+            else:
+                work.add_stage(st.name, st.shape, [], f"{path}.shape")
             # Defined only now: a stage must not read itself.
             self.define(path, st.name, _TensorInfo("stage", i, st.shape, st.dtype))
         if total > s.max_total_bytes:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import shlex
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import fastapi
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
@@ -28,8 +30,8 @@ from markupsafe import Markup, escape
 from autosched.db.models import TERMINAL_JOB_STATES, JobState
 from autosched.errors import AuthenticationError, NotFoundError
 from autosched.service import dashboard, farm, jobs
-from autosched.service.schemas import JobView
-from services.api.deps import BearerDep, SessionDep, StateDep, require_read
+from autosched.service.schemas import INT32_MAX, JobView
+from services.api.deps import BearerDep, SessionDep, StateDep, redact_for, require_read
 
 HERE = Path(__file__).parent
 TEMPLATES_DIR = HERE / "templates"
@@ -159,19 +161,28 @@ templates.env.globals.update(
 router = APIRouter(include_in_schema=False)
 
 
-def page_access(state: StateDep, credentials: BearerDep) -> bool:
-    """Whether the request may see data; False only for a request with no token where
-    anonymous reads are off (the page then renders as a shell). A bad token is a 401/403."""
+@dataclass(frozen=True)
+class Access:
+    """What a page request may see: data at all (``allowed``), and whether in the anonymous,
+    redacted form (worker pseudonyms, no host names or error texts) as the JSON API gives it."""
+
+    allowed: bool
+    redact: bool
+
+
+def page_access(state: StateDep, credentials: BearerDep) -> Access:
+    """Not allowed only for a request with no token where anonymous reads are off (the page
+    then renders as a shell). A bad token is a 401/403."""
     try:
-        require_read(state, credentials)
+        reader = require_read(state, credentials)
     except AuthenticationError:
         if credentials is not None:
             raise
-        return False
-    return True
+        return Access(allowed=False, redact=True)
+    return Access(allowed=True, redact=redact_for(reader))
 
 
-PageAccess = Annotated[bool, Depends(page_access)]
+PageAccess = Annotated[Access, Depends(page_access)]
 Partial = Annotated[bool, Query(description="render only the live regions")]
 
 
@@ -200,29 +211,32 @@ def _render(
 def jobs_page(
     request: Request,
     session: SessionDep,
-    allowed: PageAccess,
+    access: PageAccess,
     state: JobState | None = None,
     partial: Partial = False,
 ) -> HTMLResponse:
     context: dict[str, Any] = {"state": state.value if state else None, "jobs": [], "counts": {}}
-    if allowed:
-        context["jobs"] = jobs.list_jobs(session, state=state, limit=JOBS_SHOWN)
+    if access.allowed:
+        context["jobs"] = jobs.list_jobs(
+            session, state=state, limit=JOBS_SHOWN, redact=access.redact
+        )
         context["counts"] = dashboard.job_state_counts(session)
-    return _render(request, "jobs", context, allowed=allowed, partial=partial)
+    return _render(request, "jobs", context, allowed=access.allowed, partial=partial)
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse, name="job_page")
 def job_page(
     request: Request,
-    job_id: int,
+    job_id: Annotated[int, fastapi.Path(ge=1, le=INT32_MAX)],
     session: SessionDep,
-    allowed: PageAccess,
+    access: PageAccess,
     partial: Partial = False,
 ) -> HTMLResponse:
     context: dict[str, Any] = {"job_id": job_id, "job": None}
-    if allowed:
+    redact = access.redact
+    if access.allowed:
         try:
-            job = jobs.get_job(session, job_id)
+            job = jobs.get_job(session, job_id, redact=redact)
         except NotFoundError as err:
             if partial:
                 raise
@@ -233,37 +247,40 @@ def job_page(
         context.update(
             job=job,
             speedup=job_speedup(job),
-            workloads=dashboard.job_workloads(session, job_id),
-            trials=dashboard.job_trials(session, job_id, limit=TRIALS_SHOWN),
+            workloads=dashboard.job_workloads(session, job_id, redact=redact),
+            trials=dashboard.job_trials(session, job_id, limit=TRIALS_SHOWN, redact=redact),
             multi=len(job.workloads) > 1,
             names={w.workload_key: w.name for w in job.workloads},
         )
-    return _render(request, "job", context, allowed=allowed, partial=partial)
+    return _render(request, "job", context, allowed=access.allowed, partial=partial)
 
 
 @router.get("/farm", response_class=HTMLResponse, name="farm_page")
 def farm_page(
-    request: Request, session: SessionDep, state: StateDep, allowed: PageAccess,
+    request: Request, session: SessionDep, state: StateDep, access: PageAccess,
     partial: Partial = False,
 ) -> HTMLResponse:  # fmt: skip
     devices: dict[str, list[dashboard.FarmWorkerView]] = defaultdict(list)
-    if allowed:
+    if access.allowed:
         # As GET /v1/workers does: a silent worker is never shown online.
         farm.reap_silent_workers(session, state.settings.heartbeat_timeout_s)
-        for worker in dashboard.farm_workers(session):
+        for worker in dashboard.farm_workers(session, redact=access.redact):
             devices[worker.device_key].append(worker)
     context = {"devices": dict(sorted(devices.items())), "window_s": dashboard.THROUGHPUT_WINDOW_S}
-    return _render(request, "farm", context, allowed=allowed, partial=partial)
+    return _render(request, "farm", context, allowed=access.allowed, partial=partial)
 
 
 @router.get("/schedules", response_class=HTMLResponse, name="schedules_page")
 def schedules_page(
-    request: Request, session: SessionDep, state: StateDep, allowed: PageAccess,
+    request: Request, session: SessionDep, state: StateDep, access: PageAccess,
     partial: Partial = False,
 ) -> HTMLResponse:  # fmt: skip
     settings = state.settings
     groups: dict[str, list[dashboard.BestScheduleDetail]] = {}
-    for schedule in dashboard.best_schedule_details(session) if allowed else []:
+    allowed = access.allowed
+    for schedule in (
+        dashboard.best_schedule_details(session, redact=access.redact) if allowed else []
+    ):
         groups.setdefault(schedule.workload_key, []).append(schedule)  # by name, then key
     context = {
         "groups": groups,
@@ -271,4 +288,4 @@ def schedules_page(
         # The curl line carries the token header only where reads need one.
         "reads_need_token": settings.auth_required and not settings.anonymous_reads,
     }
-    return _render(request, "schedules", context, allowed=allowed, partial=partial)
+    return _render(request, "schedules", context, allowed=access.allowed, partial=partial)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,13 @@ from autosched.settings import Settings
 from services.api.deps import SettingsDep
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("autosched.api")
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """The process answers; says nothing about its dependencies."""
+async def healthz() -> dict[str, str]:
+    """The process answers; says nothing about its dependencies. ``async``: answered on the
+    event loop, never queued behind requests waiting for a threadpool thread."""
     return {"status": "ok"}
 
 
@@ -37,8 +40,10 @@ def readyz(settings: SettingsDep) -> JSONResponse:
 def _check(probe: Any, settings: Settings) -> str:
     try:
         probe(settings)
-    except Exception as err:  # any failure means "not ready"; say which and why
-        return f"error: {type(err).__name__}: {err}"[:500]
+    except Exception as err:  # any failure means "not ready"; say which, log why
+        # Anyone may call the probe: the message (host names, paths) goes to the log only.
+        log.warning("readiness check %s failed", probe.__name__.lstrip("_"), exc_info=True)
+        return f"error: {type(err).__name__}"
     return "ok"
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response, status
 
 from autosched.service import tokens
-from autosched.service.schemas import ErrorBody, TokenCreate, TokenCreated
+from autosched.service.schemas import INT32_MAX, ErrorBody, TokenCreate, TokenCreated
 from services.api.deps import AdminAccess, SessionDep
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"], dependencies=[AdminAccess])
@@ -13,7 +15,8 @@ router = APIRouter(prefix="/v1/tokens", tags=["tokens"], dependencies=[AdminAcce
 
 @router.post("", response_model=TokenCreated, status_code=status.HTTP_201_CREATED)
 def create_token(req: TokenCreate, session: SessionDep) -> TokenCreated:
-    return tokens.create_token(session, req.name, req.scopes)
+    """``device_keys``: what a worker token may register workers for (none: nothing)."""
+    return tokens.create_token(session, req.name, req.scopes, req.device_keys)
 
 
 @router.delete(
@@ -21,6 +24,8 @@ def create_token(req: TokenCreate, session: SessionDep) -> TokenCreated:
     status_code=status.HTTP_204_NO_CONTENT,
     responses={404: {"model": ErrorBody}},
 )
-def revoke_token(token_id: int, session: SessionDep) -> Response:
+def revoke_token(
+    token_id: Annotated[int, Path(ge=1, le=INT32_MAX)], session: SessionDep
+) -> Response:
     tokens.revoke_token(session, token_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

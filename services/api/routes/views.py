@@ -1,18 +1,23 @@
 """Read-only listings the dashboard shows and scripts may want too: a job's trials (with
-their errors) and the cached best schedules."""
+their errors) and the cached best schedules. Error texts and worker ids only with a token."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from autosched.service import dashboard
 from autosched.service.dashboard import BestSchedule, TrialPage
-from autosched.service.schemas import ErrorBody
-from services.api.deps import ReadAccess, SessionDep
+from autosched.service.schemas import (
+    INT32_MAX,
+    TARGET_KEY_PATTERN,
+    WORKLOAD_KEY_PATTERN,
+    ErrorBody,
+)
+from services.api.deps import Reader, SessionDep, redact_for
 
-router = APIRouter(tags=["views"], dependencies=[ReadAccess])
+router = APIRouter(tags=["views"])
 
 
 @router.get(
@@ -22,22 +27,26 @@ router = APIRouter(tags=["views"], dependencies=[ReadAccess])
     responses={404: {"model": ErrorBody}},
 )
 def job_trials(
-    job_id: int,
+    job_id: Annotated[int, Path(ge=1, le=INT32_MAX)],
     session: SessionDep,
+    reader: Reader,
     limit: Annotated[int | None, Query(ge=1, le=100_000)] = None,
 ) -> TrialPage:
     """Done trials numbered as on the job's curve, then those in flight; ``limit``: the
     newest only."""
-    return dashboard.job_trials(session, job_id, limit)
+    return dashboard.job_trials(session, job_id, limit, redact=redact_for(reader))
 
 
 @router.get("/v1/schedules", response_model=list[BestSchedule], tags=["schedules"])
 def list_schedules(
     session: SessionDep,
-    workload_key: str | None = None,
-    target: str | None = None,
+    reader: Reader,
+    workload_key: Annotated[str | None, Query(max_length=80, pattern=WORKLOAD_KEY_PATTERN)] = None,
+    target: Annotated[str | None, Query(max_length=120, pattern=TARGET_KEY_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[BestSchedule]:
     """Cached best schedules (tuned only) with provenance; fetch one with
     ``GET /v1/schedules/{workload_key}?target=...``."""
-    return dashboard.list_best_schedules(session, workload_key, target, limit)
+    return dashboard.list_best_schedules(
+        session, workload_key, target, limit, redact=redact_for(reader)
+    )

@@ -1,34 +1,51 @@
-"""``/v1/workers``: the device farm. Workers register and heartbeat; anyone may list them."""
+"""``/v1/workers``: the device farm. Workers register and heartbeat; anyone may list them
+(host names and worker ids only with a token)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 
 from autosched.service import farm
-from autosched.service.schemas import ErrorBody, WorkerRegister, WorkerView
-from services.api.deps import ReadAccess, SessionDep, SettingsDep, WorkerAccess
+from autosched.service.schemas import WORKER_ID_PATTERN, ErrorBody, WorkerRegister, WorkerView
+from services.api.deps import Reader, SessionDep, SettingsDep, WorkerCaller, redact_for
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
 
+WorkerIdPath = Annotated[str, Path(max_length=200, pattern=WORKER_ID_PATTERN)]
 
-@router.post("/register", response_model=WorkerView, dependencies=[WorkerAccess])
-def register(reg: WorkerRegister, session: SessionDep) -> WorkerView:
+
+@router.post(
+    "/register",
+    response_model=WorkerView,
+    responses={
+        403: {"model": ErrorBody, "description": "device key not granted, or another's id"},
+        409: {"model": ErrorBody, "description": "hardware differs from the device's pin"},
+        422: {"description": "invalid hardware, or a target that disagrees with it"},
+    },
+)
+def register(reg: WorkerRegister, session: SessionDep, caller: WorkerCaller) -> WorkerView:
     """Create or refresh a worker; it is online from now on."""
-    return farm.worker_view(session, farm.register_worker(session, reg))
+    worker = farm.register_worker(session, reg, caller=caller)
+    return farm.worker_view(session, worker, redact=False)
 
 
 @router.post(
     "/{worker_id}/heartbeat",
     response_model=WorkerView,
-    dependencies=[WorkerAccess],
-    responses={404: {"model": ErrorBody, "description": "not registered: register again"}},
+    responses={
+        403: {"model": ErrorBody, "description": "another token's worker"},
+        404: {"model": ErrorBody, "description": "not registered: register again"},
+    },
 )
-def heartbeat(worker_id: str, session: SessionDep) -> WorkerView:
-    return farm.worker_view(session, farm.heartbeat(session, worker_id))
+def heartbeat(worker_id: WorkerIdPath, session: SessionDep, caller: WorkerCaller) -> WorkerView:
+    worker = farm.heartbeat(session, worker_id, caller=caller)
+    return farm.worker_view(session, worker, redact=False)
 
 
-@router.get("", response_model=list[WorkerView], dependencies=[ReadAccess])
-def list_workers(session: SessionDep, settings: SettingsDep) -> list[WorkerView]:
+@router.get("", response_model=list[WorkerView])
+def list_workers(session: SessionDep, settings: SettingsDep, reader: Reader) -> list[WorkerView]:
     """Silent workers are reaped first, so the list never shows a dead worker online."""
     farm.reap_silent_workers(session, settings.heartbeat_timeout_s)
-    return farm.list_workers(session)
+    return farm.list_workers(session, redact=redact_for(reader))

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Response, status
+from fastapi import APIRouter, Body, Path, Response, status
 
-from autosched.service.schemas import ErrorBody, WorkloadView
-from autosched.service.workloads import get_workload_row, register_workload
+from autosched.service.schemas import (
+    WORKLOAD_KEY_MAX,
+    WORKLOAD_KEY_PATTERN,
+    ErrorBody,
+    WorkloadView,
+)
+from autosched.service.workloads import register_workload, workload_view
 from services.api.deps import HostHardwareDep, ReadAccess, SessionDep, SubmitAccess
 
 router = APIRouter(prefix="/v1/workloads", tags=["workloads"])
@@ -21,7 +26,8 @@ router = APIRouter(prefix="/v1/workloads", tags=["workloads"])
     responses={
         200: {"model": WorkloadView, "description": "already stored (`created` is false)"},
         413: {"model": ErrorBody, "description": "body over max_json_bytes"},
-        422: {"description": "malformed document; `path` says where"},
+        409: {"model": ErrorBody, "description": "template builders busy; retry"},
+        422: {"description": "malformed, refused, crashing or too slow to analyse; `path`"},
     },
 )
 def submit_workload(
@@ -30,7 +36,8 @@ def submit_workload(
     hw: HostHardwareDep,
     response: Response,
 ) -> WorkloadView:
-    """Validate and store once per key; the template is for the API host's target."""
+    """Validate, build in a sandbox (at most ``template_timeout_s``) and store once per key;
+    the template is for the API host's target."""
     view = register_workload(session, doc, hw)
     if not view.created:
         response.status_code = status.HTTP_200_OK
@@ -43,6 +50,10 @@ def submit_workload(
     dependencies=[ReadAccess],
     responses={404: {"model": ErrorBody}},
 )
-def get_workload(key: str, session: SessionDep, hw: HostHardwareDep) -> WorkloadView:
+def get_workload(
+    key: Annotated[str, Path(max_length=WORKLOAD_KEY_MAX, pattern=WORKLOAD_KEY_PATTERN)],
+    session: SessionDep,
+    hw: HostHardwareDep,
+) -> WorkloadView:
     """The stored workload with its template for the API host's target."""
-    return register_workload(session, get_workload_row(session, key).wire, hw)
+    return workload_view(session, key, hw)

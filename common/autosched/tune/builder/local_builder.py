@@ -19,10 +19,14 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
+from autosched.settings import Settings, get_settings
 from autosched.tune.builder.builder import Builder
 from autosched.tune.measure import BuildResult, MeasureInput, TrialStatus
+from autosched.tune.resources import usable_cpus
+from autosched.tune.runner.sandbox_policy import SandboxLimits
 
 BUILD_HANDLER = "autosched.tune.builder.local_builder:handle"
 
@@ -36,6 +40,13 @@ def artifact_name(workload_key: str, config: dict[str, Any]) -> str:
 
 
 class LocalBuilder(Builder):
+    """``max_workers`` defaults to the CPUs this process may use (affinity, cgroup quota).
+
+    Each worker's limits (``sandbox_policy.SandboxLimits``): ``rlimit_as_bytes`` of address
+    space, default the settings' ``sandbox_memory_bytes`` or the usable memory shared among
+    the pool (at most 8 GiB); ``sandbox_cpu_s`` CPU seconds per build; small files only.
+    """
+
     def __init__(
         self,
         work_dir: str | os.PathLike[str],
@@ -44,12 +55,22 @@ class LocalBuilder(Builder):
         *,
         rlimit_as_bytes: int | None = None,
         max_uses: int | None = 200,
+        settings: Settings | None = None,
+        limits: SandboxLimits | None = None,
     ) -> None:
-        self.work_dir = os.fspath(work_dir)
+        # Absolute: the workers run in their own directories.
+        self.work_dir = os.path.abspath(work_dir)
         os.makedirs(self.work_dir, exist_ok=True)
-        self.max_workers = max(1, max_workers or os.cpu_count() or 1)
+        self.max_workers = max(1, max_workers or usable_cpus())
         self.timeout_s = timeout_s
-        self.rlimit_as_bytes = rlimit_as_bytes
+        self.settings = settings or get_settings()
+        limits = limits or SandboxLimits.for_pool(
+            self.settings, self.max_workers, writes_tensors=False
+        )
+        if rlimit_as_bytes is not None:
+            limits = replace(limits, as_bytes=rlimit_as_bytes)
+        self.limits = limits
+        self.rlimit_as_bytes = limits.as_bytes
         self.max_uses = max_uses
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._all: list[Any] = []
@@ -59,7 +80,7 @@ class LocalBuilder(Builder):
         from autosched.tune.runner.sandbox import SandboxWorker
 
         w = SandboxWorker(
-            BUILD_HANDLER, max_uses=self.max_uses, rlimit_as_bytes=self.rlimit_as_bytes
+            BUILD_HANDLER, max_uses=self.max_uses, limits=self.limits, settings=self.settings
         )
         with self._lock:
             self._all.append(w)
@@ -122,6 +143,10 @@ def warmup() -> None:
 
 
 def handle(req: dict[str, Any]) -> dict[str, Any]:
+    if req.get("op") == "limits":  # diagnostic: the child's env names, directories, rlimits
+        from autosched.tune.runner.sandbox_policy import describe
+
+        return describe()
     import tvm
 
     from autosched.analysis import analyze

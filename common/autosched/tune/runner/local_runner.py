@@ -15,13 +15,17 @@ per (workload key, seed) in a sandbox as well, and cached as ``.npy`` files in `
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
+from autosched.settings import Settings, get_settings
 from autosched.tune.measure import RunResult, TrialStatus
 from autosched.tune.runner.runner import Runner, RunnerInput
+from autosched.tune.runner.sandbox_policy import SandboxLimits
 
 
 class LocalRunner(Runner):
@@ -38,10 +42,13 @@ class LocalRunner(Runner):
         seed: int = 0,
         *,
         reference_timeout_s: float = 120.0,
-        rlimit_as_bytes: int | None = 8 << 30,
+        rlimit_as_bytes: int | None = None,
         max_uses: int | None = 100,
+        settings: Settings | None = None,
+        limits: SandboxLimits | None = None,
     ) -> None:
-        self.work_dir = os.fspath(work_dir)
+        # Absolute: the sandbox runs in its own directory.
+        self.work_dir = os.path.abspath(work_dir)
         os.makedirs(self.work_dir, exist_ok=True)
         self.timeout_s = timeout_s
         self.number = number
@@ -52,7 +59,14 @@ class LocalRunner(Runner):
         self.atol = atol
         self.seed = seed
         self.reference_timeout_s = reference_timeout_s
-        self.rlimit_as_bytes = rlimit_as_bytes
+        self.settings = settings or get_settings()
+        # One sandbox at a time; rlimit_as_bytes (default: the settings' sandbox_memory_bytes
+        # or half the usable memory, at most 8 GiB) overrides its address space.
+        limits = limits or SandboxLimits.for_pool(self.settings, 1)
+        if rlimit_as_bytes is not None:
+            limits = replace(limits, as_bytes=rlimit_as_bytes)
+        self.limits = limits
+        self.rlimit_as_bytes = limits.as_bytes
         self.max_uses = max_uses
         self._worker: Any = None
         # canonical workload JSON -> (key, reference paths) or the reference's error
@@ -65,7 +79,7 @@ class LocalRunner(Runner):
 
         if self._worker is None:
             self._worker = SandboxWorker(
-                RUN_HANDLER, max_uses=self.max_uses, rlimit_as_bytes=self.rlimit_as_bytes
+                RUN_HANDLER, max_uses=self.max_uses, limits=self.limits, settings=self.settings
             )
         try:
             reply = self._worker.call(request, timeout_s)
@@ -125,9 +139,21 @@ class LocalRunner(Runner):
                 reply = self._call(request, self.reference_timeout_s)
             except Exception as e:
                 reply = {"ok": False, "error": str(e)}
-            result = (key, paths) if reply.get("ok") else f"reference failed: {reply.get('error')}"
+            if reply.get("ok"):
+                result = (key, paths)
+            else:
+                result = f"reference failed: {reply.get('error')}"
+                self._remove_partial(paths)
         self._refs[canon] = result
         return result
+
+    @staticmethod
+    def _remove_partial(paths: list[str]) -> None:
+        """A child killed mid-write (file-size limit, timeout) leaves ``PATH.tmp<pid>.npy``."""
+        for path in paths:
+            for partial in glob.glob(glob.escape(path) + ".tmp*.npy"):
+                with contextlib.suppress(OSError):
+                    os.remove(partial)
 
     # -- running ---------------------------------------------------------------------------
     def _run_one(self, inp: RunnerInput) -> RunResult:

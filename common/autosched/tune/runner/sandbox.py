@@ -7,12 +7,18 @@ request that does not answer within its timeout gets the whole process group kil
 ``SandboxCrash`` with the exit signal and the tail of its stderr. Either way the next call
 starts a fresh child. Only JSON crosses the boundary: no pickling of TVM objects.
 
-Child side: ``main`` imports the handler (only from ``autosched.tune.``), applies an
-address-space limit, moves ``stdout`` to ``stderr`` so that prints from TVM or gcc cannot
-corrupt the protocol, answers ``ready`` and then serves requests until stdin closes.
+Each child starts with an allow-listed environment (no database or broker URLs, no tokens)
+in a fresh private directory (its cwd, TMPDIR and HOME) that is removed when the child goes,
+and under resource limits it sets on itself (``sandbox_policy``): address space, CPU seconds
+per request, file size, no core files. Exceeding one ends the request as data: a
+``MemoryError`` reply (the child then exits), or SIGXCPU/SIGXFSZ, a crash naming the limit.
 
-The handlers the runner uses (``reference``, ``run``) live here too; the builder's lives in
-``autosched.tune.builder.local_builder``.
+Child side: ``main`` applies the limits, imports the handler (only from ``autosched.tune.``),
+moves ``stdout`` to ``stderr`` so that prints from TVM or gcc cannot corrupt the protocol,
+answers ``ready`` and then serves requests until stdin closes.
+
+The handlers the runner uses (``reference``, ``run``, and ``limits``: what the child sees, for
+operators) live here too; the builder's lives in ``autosched.tune.builder.local_builder``.
 """
 
 from __future__ import annotations
@@ -31,10 +37,27 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from autosched.settings import Settings, get_settings
+from autosched.tune.runner.sandbox_policy import (
+    SandboxLimits,
+    fsize_bytes,
+    make_private_dir,
+    remove_private_dir,
+    sandbox_env,
+)
+
 RUN_HANDLER = "autosched.tune.runner.sandbox:handle"
 # Handler modules a sandbox may import (argv is ours, but keep the door narrow).
 _ALLOWED_PREFIX = ("autosched.tune.", "autosched.service.workload_sandbox")
 _STDERR_TAIL = 2000
+# Replies are a few hundred bytes (templates: a few MB); a child that writes more without a
+# newline is broken, and the parent must not buffer it without end.
+_MAX_REPLY_BYTES = 64 << 20
+# What the exit signals of the limits mean, for the failure message.
+_LIMIT_SIGNALS = {
+    signal.SIGXCPU: "its CPU-time limit per request was exceeded",
+    signal.SIGXFSZ: "its file-size limit was exceeded",
+}
 
 
 class SandboxError(Exception):
@@ -54,15 +77,21 @@ def describe_exit(returncode: int | None) -> str:
         return "still running"
     if returncode < 0:
         try:
-            name = signal.Signals(-returncode).name
+            sig = signal.Signals(-returncode)
         except ValueError:
-            name = f"signal {-returncode}"
-        return f"killed by {name}"
+            return f"killed by signal {-returncode}"
+        why = _LIMIT_SIGNALS.get(sig)
+        return f"killed by {sig.name}" + (f" ({why})" if why else "")
     return f"exited with status {returncode}"
 
 
 class SandboxWorker:
-    """One child process serving requests for ``handler`` ("module:function")."""
+    """One child process serving requests for ``handler`` ("module:function").
+
+    ``limits`` (default: ``rlimit_as_bytes`` of address space, ``settings.sandbox_cpu_s`` CPU
+    seconds per request, file size for whole output tensors) and the environment come from
+    ``settings`` (default ``get_settings()``), read here in the parent.
+    """
 
     def __init__(
         self,
@@ -71,30 +100,50 @@ class SandboxWorker:
         startup_timeout_s: float = 120.0,
         max_uses: int | None = None,
         rlimit_as_bytes: int | None = 8 << 30,
+        limits: SandboxLimits | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.handler = handler
         self.startup_timeout_s = startup_timeout_s
         self.max_uses = max_uses
-        self.rlimit_as_bytes = rlimit_as_bytes
+        self.settings = settings or get_settings()
+        self.limits = limits or SandboxLimits(
+            as_bytes=rlimit_as_bytes,
+            cpu_s=self.settings.sandbox_cpu_s,
+            fsize_bytes=fsize_bytes(self.settings, writes_tensors=True),
+        )
+        self.rlimit_as_bytes = self.limits.as_bytes
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: Any = None
+        self._dir: str | None = None
         self._buf = b""
         self._uses = 0
+
+    @property
+    def private_dir(self) -> str | None:
+        """The running child's own directory (cwd, TMPDIR, HOME), or None."""
+        return self._dir
 
     # -- lifecycle -------------------------------------------------------------------------
     def _start(self) -> None:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
-        cmd = [sys.executable, "-m", "autosched.tune.runner.sandbox", self.handler]
-        if self.rlimit_as_bytes:
-            cmd.append(str(self.rlimit_as_bytes))
-        self._proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            start_new_session=True,  # killpg reaches gcc and anything else it spawned
-            env=os.environ.copy(),  # TVM_NUM_THREADS and friends
-        )
+        self._dir = make_private_dir()
+        spec = json.dumps(self.limits.child_spec(self.max_uses))
+        # -P: the child's cwd (its private, writable directory) is not on sys.path.
+        cmd = [sys.executable, "-P", "-m", "autosched.tune.runner.sandbox", self.handler, spec]
+        try:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                start_new_session=True,  # killpg reaches gcc and anything else it spawned
+                cwd=self._dir,
+                env=sandbox_env(self.settings, self._dir),
+            )
+        except OSError as e:
+            self.close()
+            raise SandboxCrash(f"sandbox did not start: {e}") from None
         self._buf = b""
         self._uses = 0
         try:
@@ -121,6 +170,10 @@ class SandboxWorker:
             with contextlib.suppress(Exception):
                 self._stderr.close()
             self._stderr = None
+        private, self._dir = self._dir, None
+        if private is not None:
+            with contextlib.suppress(Exception):
+                remove_private_dir(private)
 
     def __del__(self) -> None:  # best effort; callers should close()
         with contextlib.suppress(Exception):
@@ -151,6 +204,8 @@ class SandboxWorker:
                 rc = proc.wait(timeout=5)
         tail = self._stderr_tail()
         msg = f"{what}: sandbox {describe_exit(rc)}"
+        if "bad_alloc" in tail and self.limits.as_bytes:  # C++ code past RLIMIT_AS
+            msg += f" (out of memory: address-space limit {self.limits.as_bytes >> 20} MiB)"
         if tail:
             msg += f"\n{tail[-_STDERR_TAIL:]}"
         self.close()
@@ -172,6 +227,8 @@ class SandboxWorker:
             if not chunk:
                 raise self._crash("no answer")
             self._buf += chunk
+            if len(self._buf) > _MAX_REPLY_BYTES and b"\n" not in self._buf:
+                raise self._crash(f"answer longer than {_MAX_REPLY_BYTES >> 20} MiB")
         line, self._buf = self._buf.split(b"\n", 1)
         try:
             return json.loads(line)
@@ -191,7 +248,8 @@ class SandboxWorker:
             raise self._crash("request not delivered") from None
         reply = self._read_line(timeout_s)
         self._uses += 1
-        if self.max_uses is not None and self._uses >= self.max_uses:
+        spent = self.max_uses is not None and self._uses >= self.max_uses
+        if spent or reply.get("recycle"):  # recycle: the child hit a limit and is exiting
             self.close()
         return reply
 
@@ -205,15 +263,13 @@ def _load_handler(spec: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
+    from autosched.tune.runner.sandbox_policy import apply_limits, arm_cpu_limit
+
     # tvm_ffi imports torch when it is installed (~0.9 s of a ~1.8 s start); a sandbox never
     # needs it, and a fresh sandbox is started after every failed candidate.
     sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
-    if len(argv) > 1:
-        import resource
-
-        limit = int(argv[1])
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    spec: dict[str, Any] = json.loads(argv[1]) if len(argv) > 1 else {}
+    apply_limits(spec)  # before the handler (and TVM) is imported, so all runs under them
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
@@ -225,12 +281,30 @@ def main(argv: list[str]) -> int:
     for line in sys.stdin:
         if not line.strip():
             continue
+        arm_cpu_limit(spec)
         try:
             reply = handler(json.loads(line))
         except Exception as e:
-            reply = {"ok": False, "error": _format_exc(e)}
+            reply = _limit_reply(e, spec) or {"ok": False, "error": _format_exc(e)}
         proto.write(json.dumps(reply) + "\n")
+        if reply.get("recycle"):
+            break
     return 0
+
+
+def _limit_reply(e: Exception, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The reply to a request that ran past the address-space limit, else None.
+
+    It says so, and asks the parent to ``recycle`` this child (which then exits): its heap
+    may be in any state after a failed allocation. (The CPU and file-size limits end the
+    child with SIGXCPU/SIGXFSZ instead, and the parent names them.)
+    """
+    if not isinstance(e, MemoryError):
+        return None
+    limit = spec.get("as_bytes")
+    where = f" ({limit >> 20} MiB)" if limit else ""
+    error = f"out of memory: the sandbox's address-space limit{where} was reached"
+    return {"ok": False, "error": f"{error}: {_format_exc(e)}", "recycle": True}
 
 
 def _format_exc(e: BaseException) -> str:
@@ -316,8 +390,12 @@ def _reference(req: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"{len(outputs)} outputs but {len(paths)} reference paths")
     for path, arr in zip(paths, outputs, strict=True):
         tmp = f"{path}.tmp{os.getpid()}.npy"
-        np.save(tmp, arr)
-        os.replace(tmp, path)
+        try:
+            np.save(tmp, arr)
+            os.replace(tmp, path)
+        finally:  # a failed write (full disk) leaves nothing; past RLIMIT_FSIZE the parent cleans
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
     return {"ok": True, "secs": time.perf_counter() - t0}
 
 
@@ -386,6 +464,10 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
         return _reference(req)
     if op == "run":
         return _run(req)
+    if op == "limits":  # diagnostic: the child's env names, directories and rlimits
+        from autosched.tune.runner.sandbox_policy import describe
+
+        return describe()
     raise ValueError(f"unknown op {op!r}")
 
 
