@@ -215,4 +215,5 @@ def test_api_fuzz(scope: str, fuzzed: Fuzzed, api_schema: Any) -> None:
                 findings.append(f"{operation.label} ({mode}, {scope} token): {err}")
     assert not findings, f"{len(findings)} operations fail:\n\n" + "\n\n".join(findings)
     cases = fuzzed.cases.get(scope, 0)
+    print(f"fuzz: {cases} cases with the {scope} token")  # pytest -s
     assert cases * len(SCOPES) >= MIN_CASES, f"only {cases} cases with the {scope} token"

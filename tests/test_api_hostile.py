@@ -361,6 +361,7 @@ def test_api_stays_responsive_under_hostile_load(api, pg_url):
     p50, p99 = (latencies[max(0, int(len(latencies) * q) - 1)] for q in (0.5, 0.99))
     seen = f"healthz p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, {len(latencies)} probes"
     seen += f"; hostile answers {statuses}"
+    print(seen)  # the figure for the closing note (pytest -s)
     assert len(latencies) >= 100, seen
     assert p99 < HEALTH_P99_S, seen
     assert stored_rows(pg_url) == before
