@@ -73,3 +73,15 @@ def test_tune_then_resume(tmp_path):
     assert again.returncode == 0
     assert "0 trials measured now, 6 from records" in again.stdout
     assert len((tmp_path / "rs.records.jsonl").read_text().splitlines()) == 6
+
+
+def test_the_processes_commands_come_through_entry_points(tmp_path):
+    """``services``/``workers`` add their commands (the library never imports them)."""
+    listed = _autosched("--help", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    for command in ("api", "scheduler", "worker", "up", "down", "db", "submit", "token"):
+        assert f" {command} " in listed.stdout, command
+    for args in (["up", "--help"], ["worker", "--help"], ["db", "upgrade", "--help"]):
+        shown = _autosched(*args, cwd=tmp_path)
+        assert shown.returncode == 0, (args, shown.stderr)
+    assert "--device-key" in _autosched("worker", "--help", cwd=tmp_path).stdout

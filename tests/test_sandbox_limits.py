@@ -24,8 +24,9 @@ from autosched.tune import resources
 from autosched.tune.builder.local_builder import BUILD_HANDLER, LocalBuilder
 from autosched.tune.measure import TrialStatus
 from autosched.tune.runner import LocalRunner, RunnerInput
-from autosched.tune.runner.sandbox import RUN_HANDLER, SandboxWorker
-from autosched.tune.runner.sandbox_policy import (
+from autosched.tune.runner.local_runner import RUN_HANDLER
+from autosched.tune.sandbox import SandboxWorker
+from autosched.tune.sandbox.policy import (
     ENV_ALLOWED,
     ENV_ALLOWED_PREFIXES,
     SandboxLimits,

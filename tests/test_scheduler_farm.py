@@ -30,6 +30,7 @@ from autosched.db import (
 from autosched.db.models import utcnow
 from autosched.db.session import upgrade_database
 from autosched.hardware import detect_hardware
+from autosched.service.celery_app import make_celery
 from autosched.service.dispatch import MEASURE_TASK, DispatchMeasurer, device_queue
 from autosched.settings import Settings
 from autosched.tune.measure import MeasureInput, TrialStatus
@@ -49,7 +50,6 @@ from tests.farm_support import (
     trials_of,
     wait_for,
 )
-from workers.celery_app import make_celery
 
 HW = detect_hardware()
 TARGET = target_key(HW)

@@ -22,9 +22,10 @@ from autosched.db import (
 from autosched.hardware import detect_hardware
 from autosched.service.dispatch import DispatchMeasurer
 from autosched.service.measure_trials import measure_trials, offer_best
+from autosched.service.sql_database import SQLDatabase
 from autosched.service.workloads import ensure_template
 from autosched.space import Template
-from autosched.tune.database import SQLDatabase, TrialRecord
+from autosched.tune.database import TrialRecord
 from autosched.tune.measure import MeasureInput, MeasureResult, TrialStatus
 from autosched.tune.tune import target_key
 from tests.farm_support import FakeMeasurer, create_job, matmul, register_worker, store

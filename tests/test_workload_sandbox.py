@@ -50,12 +50,37 @@ def sandbox_children() -> list[psutil.Process]:
     return found
 
 
-def _busiest_child(window_s: float = 0.5) -> psutil.Process:
-    """The sandbox child that used the most CPU over ``window_s``: the one building."""
-    children = sandbox_children()
-    before = {c.pid: sum(c.cpu_times()[:2]) for c in children}
-    time.sleep(window_s)
-    return max(children, key=lambda c: sum(c.cpu_times()[:2]) - before[c.pid])
+def _busiest_child(window_s: float = 0.5, timeout_s: float = 20.0) -> psutil.Process:
+    """The sandbox child that is building: the one that used most of ``window_s`` in CPU
+    (waited for, since the request may not have reached a child yet)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        children = sandbox_children()
+        before = {c.pid: sum(c.cpu_times()[:2]) for c in children}
+        time.sleep(window_s)
+        used = {c.pid: sum(c.cpu_times()[:2]) - before[c.pid] for c in children}
+        busiest = max(children, key=lambda c: used[c.pid])
+        if used[busiest.pid] > window_s / 4:
+            return busiest
+    raise AssertionError("no template sandbox child got busy")
+
+
+def _wait_until_idle(timeout_s: float = 60.0) -> None:
+    """Every child of the pool started and quiet: a child still starting up (the previous
+    test killed one, and the pool restarts it in the background) would otherwise look like
+    the busiest one."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        children = sandbox_children()
+        try:
+            before = {c.pid: sum(c.cpu_times()[:2]) for c in children}
+            time.sleep(0.3)
+            used = [sum(c.cpu_times()[:2]) - before[c.pid] for c in children]
+        except psutil.Error:  # one went away while we looked: look again
+            continue
+        if len(children) == ws.POOL_SIZE and max(used) < 0.02:
+            return
+    raise AssertionError("the template sandbox pool did not settle")
 
 
 def test_sandbox_answers_what_the_library_computes_in_process():
@@ -99,6 +124,7 @@ def test_overlong_declaration_is_killed_and_the_pool_recovers():
 def test_crashed_child_is_a_refusal_and_is_replaced():
     doc, _ = matmul()
     ws.describe(doc, [HW])  # children started
+    _wait_until_idle()
     outcome: list[BaseException | None] = []
 
     def slow_call() -> None:

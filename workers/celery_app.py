@@ -1,72 +1,15 @@
-"""The Celery application shared by workers (consume) and the scheduler (send by task name).
+"""The workers' Celery app (``celery --app workers.celery_app:app``, e.g. Flower).
 
-Messages carry only trial ids as JSON; results go to the database, never to a result
-backend. A trial is acknowledged after it ran (``acks_late``), so a worker killed mid-batch
-leaves its message to be redelivered; redelivery is harmless because workers claim trials
-with a conditional update (``autosched.service.measure_trials``).
+The configuration is the service's (``autosched.service.celery_app.make_celery``), shared with
+the scheduler, which sends tasks by name (``autosched.service.dispatch``).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from celery import Celery
-
+from autosched.service.celery_app import make_celery
 from autosched.service.dispatch import MEASURE_TASK, device_queue
-from autosched.settings import Settings, get_settings
 
 __all__ = ["MEASURE_TASK", "app", "device_queue", "make_celery"]
-
-# One batch is bounded by the sandbox timeouts (30 s per build, 10 s per run, a reference
-# once per workload); these limits only apply under a pool that enforces them (prefork),
-# the solo pool of ``workers.main`` relies on the sandboxes.
-TASK_SOFT_TIME_LIMIT_S = 1800
-TASK_TIME_LIMIT_S = 1900
-
-
-def _transport_options(settings: Settings) -> dict[str, Any]:
-    if settings.embedded:
-        # kombu's SQLAlchemy transport hands these to create_engine: wait on SQLite's lock
-        # rather than fail while the scheduler and a worker both touch the broker file.
-        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
-    # Redis redelivers an unacked message after this long (a worker killed mid-batch);
-    # longer than any batch, so a slow but live worker is not doubled up.
-    return {"visibility_timeout": max(2 * settings.trial_redispatch_s, 3600.0)}
-
-
-def make_celery(settings: Settings | None = None) -> Celery:
-    """A Celery app for ``settings``' broker (Redis, or the embedded SQLite broker)."""
-    settings = settings or get_settings()
-    app = Celery("autosched", broker=settings.broker_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        event_serializer="json",
-        task_ignore_result=True,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        worker_max_tasks_per_child=1000,
-        task_soft_time_limit=TASK_SOFT_TIME_LIMIT_S,
-        task_time_limit=TASK_TIME_LIMIT_S,
-        broker_connection_retry_on_startup=True,
-        broker_transport_options=_transport_options(settings),
-        # A broker blip while the scheduler sends a batch: keep trying a while before the
-        # error reaches the job.
-        task_publish_retry_policy={
-            "max_retries": 20,
-            "interval_start": 0.2,
-            "interval_step": 0.5,
-            "interval_max": 3.0,
-        },
-        # Farm liveness lives in the database (heartbeats); remote control needs fanout,
-        # which the SQLAlchemy transport does not have.
-        worker_enable_remote_control=not settings.embedded,
-        worker_hijack_root_logger=False,
-    )
-    return app
-
 
 #: The app for this process' settings (``celery -A workers.celery_app`` finds it).
 app = make_celery()

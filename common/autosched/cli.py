@@ -456,7 +456,8 @@ def fetch(
     ] = None,
 ) -> None:
     """Fetch a workload's best schedule (tuned, else static) and print it or build it."""
-    from autosched.client import build_schedule, format_trace
+    from autosched.client import build_schedule
+    from autosched.trace_format import format_trace
 
     wl = _load(workload)
     with _api_errors(), _client(ctx) as client:
@@ -566,10 +567,17 @@ def token_create(
     typer.echo(created.token)
 
 
-def _register_server_commands() -> None:
-    from autosched.cli_server import register
+#: Entry points (pyproject.toml) that add the processes' commands: ``api``, ``scheduler``,
+#: ``up``, ``down`` and ``db`` (``services.cli``) and ``worker`` (``workers.cli``). The
+#: library names none of those packages; an installed distribution declares them.
+COMMANDS_ENTRY_POINTS = "autosched.commands"
 
-    register(app)
+
+def _register_server_commands() -> None:
+    from importlib.metadata import entry_points
+
+    for entry_point in sorted(entry_points(group=COMMANDS_ENTRY_POINTS), key=lambda e: e.name):
+        entry_point.load()(app)
 
 
 _register_server_commands()

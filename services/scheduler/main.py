@@ -90,7 +90,7 @@ def run_scheduler(
     poll_s: float = 1.0,
 ) -> None:
     """Run until ``stop_event`` is set (or SIGTERM/SIGINT in the main thread)."""
-    from workers.celery_app import make_celery  # the app's configuration only, no tasks
+    from autosched.service.celery_app import make_celery  # configuration only, no tasks
 
     settings = settings or get_settings()
     configure_logging(settings, "scheduler")  # unless the embedding program did

@@ -22,6 +22,7 @@ from autosched.errors import NotFoundError
 from autosched.service.farm import list_workers, public_worker_id, redact_worker
 from autosched.service.jobs import workload_flops
 from autosched.service.schemas import StageView, WorkerView
+from autosched.trace_format import format_trace
 from autosched.tune.measure import TrialStatus
 
 # Trials/min counts trials finished in this window (long enough to smooth batches).
@@ -69,7 +70,7 @@ class BestSchedule(BaseModel):
 
 class BestScheduleDetail(BestSchedule):
     config: dict[str, Any]
-    trace: list[str]  # the TVM trace as Python-like lines (client.format_trace)
+    trace: list[str]  # the TVM trace as Python-like lines (trace_format.format_trace)
 
 
 class JobWorkloadInfo(BaseModel):
@@ -185,8 +186,6 @@ def _best_view(best: BestConfig, name: str, job_id: int | None, redact: bool) ->
 def _best_detail(
     best: BestConfig, name: str, job_id: int | None, redact: bool
 ) -> BestScheduleDetail:
-    from autosched.client import format_trace
-
     return BestScheduleDetail(
         **_best_view(best, name, job_id, redact).model_dump(),
         config=best.config,

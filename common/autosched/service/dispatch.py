@@ -32,9 +32,9 @@ from autosched.db.session import session_scope
 from autosched.db.upsert import insert_for
 from autosched.errors import JobCancelled, JobInterrupted
 from autosched.logs import log_context
+from autosched.service.sql_database import TRIAL_IDENTITY, trial_result
 from autosched.space import Config
 from autosched.tune.database import config_digest
-from autosched.tune.database.sql_database import TRIAL_IDENTITY, trial_result
 from autosched.tune.measure import MeasureInput, MeasureResult, TrialStatus
 from autosched.tune.measurer import Measurer
 from autosched.wire import Workload

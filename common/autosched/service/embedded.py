@@ -103,6 +103,8 @@ class EmbeddedService:
         upgrade_database(self.settings.resolved_database_url)  # once, before children race
         token = ensure_local_token(self.settings)
         py = sys.executable
+        # The children are the process entry points (``python -m``) of ``services`` and
+        # ``workers``, named here as strings: run, never imported by the library.
         self.children = [
             # serve(): uvicorn on AUTOSCHED_API_HOST/PORT, its lines in the service's format.
             Child("api", [py, "-m", "services.api.app"], logs / "api.log"),

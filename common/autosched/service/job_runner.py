@@ -43,11 +43,11 @@ from autosched.logs import log_context
 from autosched.service.dispatch import DeviceGate, DispatchMeasurer
 from autosched.service.farm import device_hardware, online_workers
 from autosched.service.measure_trials import measure_inputs
+from autosched.service.sql_database import SQLDatabase, trial_result
 from autosched.service.workloads import in_process, load_stored, template_row
 from autosched.settings import Settings, get_settings
 from autosched.space import Config
 from autosched.tune.database import config_digest
-from autosched.tune.database.sql_database import SQLDatabase, trial_result
 from autosched.tune.measure import MeasureInput, MeasureResult, TrialStatus
 from autosched.wire import Workload
 

@@ -34,7 +34,7 @@ from autosched.db.upsert import insert_for
 from autosched.hardware import HardwareParams
 from autosched.logs import log_context
 from autosched.service.dispatch import status_counts
-from autosched.tune.database.sql_database import result_values
+from autosched.service.sql_database import result_values
 from autosched.tune.measure import MeasureInput, MeasureResult, TrialStatus
 from autosched.tune.measurer import Measurer
 

@@ -6,7 +6,7 @@ sends the (already validated) wire document to a sandbox process, which answers 
 and a child that overruns ``template_timeout_s`` is killed. Both failures become a
 ``WireFormatError`` (422); nothing is stored.
 
-Child side: ``handle`` (run by ``autosched.tune.runner.sandbox``). Parent side: ``describe``
+Child side: ``handle`` (run by ``autosched.tune.sandbox.child``). Parent side: ``describe``
 and ``static_trace`` use one small pool of sandbox processes per Python process, shared by
 every app in it, started on first use. ``describe_workload`` and ``build_target`` are the
 same computation in-process, for callers whose workloads are already stored and validated.
@@ -28,7 +28,7 @@ from autosched.hardware import HardwareParams
 from autosched.settings import get_settings
 
 if TYPE_CHECKING:
-    from autosched.tune.runner.sandbox import SandboxWorker
+    from autosched.tune.sandbox import SandboxWorker
     from autosched.wire import Workload
 
 HANDLER = "autosched.service.workload_sandbox:handle"
@@ -268,8 +268,8 @@ class SandboxPool:
             worker.close()
 
     def _new_worker(self) -> SandboxWorker:
-        from autosched.tune.runner.sandbox import SandboxWorker
-        from autosched.tune.runner.sandbox_policy import SandboxLimits
+        from autosched.tune.sandbox import SandboxWorker
+        from autosched.tune.sandbox.policy import SandboxLimits
 
         # Template building writes no tensors: the small file-size limit, and a memory
         # share of a pool of ``size`` next to the API process.
@@ -296,7 +296,7 @@ class SandboxPool:
                 self._cond.wait(left)
 
     def _start(self, worker: SandboxWorker) -> None:
-        from autosched.tune.runner.sandbox import SandboxError
+        from autosched.tune.sandbox import SandboxError
 
         try:
             worker.call({"op": "ping"}, _STARTUP_TIMEOUT_S)
@@ -312,7 +312,7 @@ class SandboxPool:
     def _revive(self, worker: SandboxWorker) -> None:
         try:
             self._start(worker)
-        except RuntimeError:
+        except Exception:  # a failed start, or the pool closing under it (at exit)
             pass  # left stopped: the next caller starts it (and reports the failure)
         finally:
             self._release(worker)
@@ -341,7 +341,7 @@ def pool() -> SandboxPool:
 
 
 def _call(request: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
-    from autosched.tune.runner.sandbox import SandboxCrash, SandboxTimeout
+    from autosched.tune.sandbox import SandboxCrash, SandboxTimeout
 
     timeout_s = timeout_s if timeout_s is not None else get_settings().template_timeout_s
     try:

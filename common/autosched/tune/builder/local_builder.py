@@ -1,6 +1,6 @@
 """``LocalBuilder``: compile a batch of candidates in a pool of sandbox worker processes.
 
-Each worker is a persistent child (``autosched.tune.runner.sandbox``) that imports TVM once
+Each worker is a persistent sandbox child (``autosched.tune.sandbox``) that imports TVM once
 and then builds one candidate per request: validate the config against the workload's
 template, ``apply_config``, ``tvm.compile``, ``export_library``. A worker that hangs past
 ``timeout_s`` is killed (BUILD_TIMEOUT); one that crashes is replaced (BUILD_ERROR with the
@@ -26,7 +26,7 @@ from autosched.settings import Settings, get_settings
 from autosched.tune.builder.builder import Builder
 from autosched.tune.measure import BuildResult, MeasureInput, TrialStatus
 from autosched.tune.resources import usable_cpus
-from autosched.tune.runner.sandbox_policy import SandboxLimits
+from autosched.tune.sandbox.policy import SandboxLimits
 
 BUILD_HANDLER = "autosched.tune.builder.local_builder:handle"
 
@@ -42,7 +42,7 @@ def artifact_name(workload_key: str, config: dict[str, Any]) -> str:
 class LocalBuilder(Builder):
     """``max_workers`` defaults to the CPUs this process may use (affinity, cgroup quota).
 
-    Each worker's limits (``sandbox_policy.SandboxLimits``): ``rlimit_as_bytes`` of address
+    Each worker's limits (``sandbox.policy.SandboxLimits``): ``rlimit_as_bytes`` of address
     space, default the settings' ``sandbox_memory_bytes`` or the usable memory shared among
     the pool (at most 8 GiB); ``sandbox_cpu_s`` CPU seconds per build; small files only.
     """
@@ -77,7 +77,7 @@ class LocalBuilder(Builder):
         self._lock = threading.Lock()
 
     def _new_worker(self) -> Any:
-        from autosched.tune.runner.sandbox import SandboxWorker
+        from autosched.tune.sandbox import SandboxWorker
 
         w = SandboxWorker(
             BUILD_HANDLER, max_uses=self.max_uses, limits=self.limits, settings=self.settings
@@ -93,7 +93,7 @@ class LocalBuilder(Builder):
             return self._new_worker()
 
     def _build_one(self, inp: MeasureInput) -> BuildResult:
-        from autosched.tune.runner.sandbox import SandboxTimeout
+        from autosched.tune.sandbox import SandboxTimeout
 
         request = {
             "workload": inp.workload,
@@ -144,7 +144,7 @@ def warmup() -> None:
 
 def handle(req: dict[str, Any]) -> dict[str, Any]:
     if req.get("op") == "limits":  # diagnostic: the child's env names, directories, rlimits
-        from autosched.tune.runner.sandbox_policy import describe
+        from autosched.tune.sandbox.policy import describe
 
         return describe()
     import tvm

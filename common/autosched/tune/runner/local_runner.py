@@ -1,9 +1,10 @@
 """``LocalRunner``: check and time candidates one at a time in a sandbox subprocess.
 
-A single persistent sandbox child (``autosched.tune.runner.sandbox``) loads each artifact
-with ``tvm.runtime.load_module``, calls it once on deterministic inputs (uniform -1..1 for
-float parameters, from ``seed``), compares the outputs with the reference, and times it with
-``time_evaluator`` (cache flush between calls). The child is killed and replaced after any
+A single persistent sandbox child (``autosched.tune.sandbox``, serving the handlers of
+``autosched.tune.runner.handlers``) loads each artifact with ``tvm.runtime.load_module``,
+calls it once on deterministic inputs (uniform -1..1 for float parameters, from ``seed``),
+compares the outputs with the reference, and times it with ``time_evaluator`` (cache flush
+between calls). The child is killed and replaced after any
 failure, so a candidate that hangs (RUN_TIMEOUT), crashes (RUN_ERROR with the exit signal)
 or raises (RUN_ERROR with the message) cannot affect the next one. Wrong outputs are
 WRONG_ANSWER with the max abs/rel error.
@@ -25,7 +26,10 @@ from typing import Any
 from autosched.settings import Settings, get_settings
 from autosched.tune.measure import RunResult, TrialStatus
 from autosched.tune.runner.runner import Runner, RunnerInput
-from autosched.tune.runner.sandbox_policy import SandboxLimits
+from autosched.tune.sandbox.policy import SandboxLimits
+
+#: What the runner's sandbox child serves (``reference``, ``run``, ``limits``).
+RUN_HANDLER = "autosched.tune.runner.handlers:handle"
 
 
 class LocalRunner(Runner):
@@ -75,7 +79,7 @@ class LocalRunner(Runner):
 
     # -- workers ---------------------------------------------------------------------------
     def _call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        from autosched.tune.runner.sandbox import RUN_HANDLER, SandboxWorker
+        from autosched.tune.sandbox import SandboxWorker
 
         if self._worker is None:
             self._worker = SandboxWorker(
@@ -157,7 +161,7 @@ class LocalRunner(Runner):
 
     # -- running ---------------------------------------------------------------------------
     def _run_one(self, inp: RunnerInput) -> RunResult:
-        from autosched.tune.runner.sandbox import SandboxTimeout
+        from autosched.tune.sandbox import SandboxTimeout
 
         ref = self._reference(inp.workload)
         if isinstance(ref, str):

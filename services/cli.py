@@ -1,7 +1,9 @@
-"""Server-side commands of the ``autosched`` CLI: the processes of the service.
+"""The service's commands of ``autosched``: ``api``, ``scheduler``, ``up``, ``down``, ``db``.
 
-``up`` runs everything on this machine (embedded default); ``api``, ``scheduler`` and
-``worker`` run one process each, as docker-compose and Kubernetes do.
+``up`` runs everything on this machine (embedded default); ``api`` and ``scheduler`` run one
+process each, as docker-compose and Kubernetes do (``worker`` is the workers' own command,
+``workers/cli.py``). The library's CLI (``autosched.cli``) finds ``register`` through the
+``autosched.commands`` entry points (pyproject.toml), so it never imports this package.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ db_app = typer.Typer(help="The service database.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
+    """Add the service's commands to the ``autosched`` app (an entry point)."""
     app.command()(api)
     app.command()(scheduler)
-    app.command()(worker)
     app.command()(up)
     app.command()(down)
     app.add_typer(db_app, name="db")
@@ -42,18 +44,6 @@ def scheduler() -> None:
     from services.scheduler.main import run_scheduler
 
     run_scheduler()
-
-
-def worker(
-    device_key: Annotated[
-        str | None,
-        typer.Option(help="Queue to consume (default: derived from this machine's CPU)"),
-    ] = None,
-) -> None:
-    """Run a Celery worker for one device: register, heartbeat, build and measure trials."""
-    from workers.main import run_worker
-
-    run_worker(device_key)
 
 
 @db_app.command("upgrade")

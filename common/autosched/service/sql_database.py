@@ -1,4 +1,7 @@
-"""Records in the service's database: the ``trials`` table, shared by every job.
+"""``SQLDatabase``: the tuning engine's ``Database`` on the service's ``trials`` table.
+
+The records are shared by every job (the service implements the engine's interface; the
+engine never imports the service's database).
 
 A trial row is written by the scheduler before dispatch and filled once by the worker that
 measured it, so ``commit`` has nothing left to do for those. ``records`` returns the done

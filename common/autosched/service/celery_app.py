@@ -1,0 +1,67 @@
+"""The Celery application of the service: workers consume from it, the scheduler sends by name.
+
+Both the scheduler (``services``) and the workers (``workers``) build their app here, so
+neither imports the other; task names and queue names are in ``autosched.service.dispatch``.
+Messages carry only trial ids as JSON; results go to the database, never to a result
+backend. A trial is acknowledged after it ran (``acks_late``), so a worker killed mid-batch
+leaves its message to be redelivered; redelivery is harmless because workers claim trials
+with a conditional update (``autosched.service.measure_trials``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from autosched.settings import Settings, get_settings
+
+# One batch is bounded by the sandbox timeouts (30 s per build, 10 s per run, a reference
+# once per workload); these limits only apply under a pool that enforces them (prefork),
+# the workers' solo pool relies on the sandboxes.
+TASK_SOFT_TIME_LIMIT_S = 1800
+TASK_TIME_LIMIT_S = 1900
+
+
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    if settings.embedded:
+        # kombu's SQLAlchemy transport hands these to create_engine: wait on SQLite's lock
+        # rather than fail while the scheduler and a worker both touch the broker file.
+        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    # Redis redelivers an unacked message after this long (a worker killed mid-batch);
+    # longer than any batch, so a slow but live worker is not doubled up.
+    return {"visibility_timeout": max(2 * settings.trial_redispatch_s, 3600.0)}
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    """A Celery app for ``settings``' broker (Redis, or the embedded SQLite broker)."""
+    settings = settings or get_settings()
+    app = Celery("autosched", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=1000,
+        task_soft_time_limit=TASK_SOFT_TIME_LIMIT_S,
+        task_time_limit=TASK_TIME_LIMIT_S,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=_transport_options(settings),
+        # A broker blip while the scheduler sends a batch: keep trying a while before the
+        # error reaches the job.
+        task_publish_retry_policy={
+            "max_retries": 20,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 3.0,
+        },
+        # Farm liveness lives in the database (heartbeats); remote control needs fanout,
+        # which the SQLAlchemy transport does not have.
+        worker_enable_remote_control=not settings.embedded,
+        worker_hijack_root_logger=False,
+    )
+    return app

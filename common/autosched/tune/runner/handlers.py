@@ -1,0 +1,171 @@
+"""The runner's sandbox handlers (child side): reference outputs, check and time, ``limits``.
+
+``LocalRunner`` runs them in a ``SandboxWorker`` (``RUN_HANDLER``): ``reference`` builds the
+unscheduled PrimFunc and saves its outputs as ``.npy``; ``run`` loads a built candidate, calls
+it on deterministic inputs, compares with the reference and times it; ``limits`` reports what
+the child sees, for operators.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from typing import Any
+
+
+def warmup() -> None:
+    import numpy  # noqa: F401
+    import tvm  # noqa: F401
+
+    import autosched.wire  # noqa: F401
+
+
+def _workload_info(doc: dict[str, Any]) -> tuple[Any, list[tuple[list[int], str, bool]], int]:
+    """The PrimFunc, per parameter (shape, dtype, is_output), and the reduction length."""
+    from tvm import te
+
+    from autosched.analysis import analyze
+    from autosched.wire import Workload
+
+    wl = Workload.from_json(doc)
+    params = [
+        ([int(x) for x in t.shape], str(t.dtype), not isinstance(t.op, te.PlaceholderOp))
+        for t in wl.tensors
+    ]
+    k = 1
+    for stage in analyze(wl.prim_func):
+        k = max(k, math.prod(stage.extents[i] for i in stage.reduction_axes))
+    return wl.prim_func, params, k
+
+
+def make_inputs(params: list[tuple[list[int], str, bool]], seed: int) -> list[Any]:
+    """Deterministic arguments: uniform -1..1 floats, small ints; outputs NaN (or zero)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for shape, dtype, is_output in params:
+        dt = np.dtype(dtype)
+        if is_output:
+            fill = np.nan if dt.kind == "f" else 0
+            arrays.append(np.full(shape, fill, dtype=dt))
+        elif dt.kind == "f":
+            arrays.append(rng.uniform(-1, 1, shape).astype(dt))
+        elif dt.kind == "b":
+            arrays.append(rng.integers(0, 2, shape).astype(dt))
+        else:
+            arrays.append(rng.integers(0, 4, shape).astype(dt))
+    return arrays
+
+
+def _call(func: Any, arrays: list[Any]) -> list[Any]:
+    import tvm
+
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+    func(*args)
+    return args
+
+
+def _reference(req: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+    import tvm
+
+    from autosched.hardware import HardwareParams, cpu_target
+
+    func, params, _ = _workload_info(req["workload"])
+    target = cpu_target(HardwareParams.from_json(req["hardware"])) if req.get("hardware") else None
+    if target is None:
+        from autosched.hardware import detect_hardware
+
+        target = cpu_target(detect_hardware())
+    t0 = time.perf_counter()
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    args = _call(ex.mod["main"], make_inputs(params, int(req["seed"])))
+    outputs = [a.numpy() for a, (_, _, out) in zip(args, params, strict=True) if out]
+    paths = req["paths"]
+    if len(paths) != len(outputs):
+        raise ValueError(f"{len(outputs)} outputs but {len(paths)} reference paths")
+    for path, arr in zip(paths, outputs, strict=True):
+        tmp = f"{path}.tmp{os.getpid()}.npy"
+        try:
+            np.save(tmp, arr)
+            os.replace(tmp, path)
+        finally:  # a failed write (full disk) leaves nothing; past RLIMIT_FSIZE the parent cleans
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+    return {"ok": True, "secs": time.perf_counter() - t0}
+
+
+def _compare(got: Any, ref: Any, rtol: float, atol: float, k: int) -> str | None:
+    import numpy as np
+
+    if got.shape != ref.shape:
+        return f"shape {got.shape} differs from reference {ref.shape}"
+    if got.dtype.kind not in "fc":
+        bad = int(np.count_nonzero(got != ref))
+        return None if bad == 0 else f"{bad} of {got.size} elements differ"
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    # Reordered fp32 sums differ by ~sqrt(K) ulps of the output's scale (bench.baselines).
+    atol = max(atol, 2e-6 * math.sqrt(k) * scale)
+    g = got.astype(np.float64)
+    r = ref.astype(np.float64)
+    if np.allclose(g, r, rtol=rtol, atol=atol, equal_nan=True):
+        return None
+    diff = np.abs(g - r)
+    diff[np.isnan(g) & np.isnan(r)] = 0.0
+    diff[np.isnan(diff)] = np.inf
+    rel = diff / np.maximum(np.abs(r), np.finfo(np.float32).tiny)
+    bad = int(np.count_nonzero(~np.isclose(g, r, rtol=rtol, atol=atol, equal_nan=True)))
+    return (
+        f"max abs error {float(diff.max()):.3g}, max rel error {float(rel.max()):.3g} "
+        f"({bad} of {got.size} elements outside rtol={rtol:g} atol={atol:.3g})"
+    )
+
+
+def _run(req: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+    import tvm
+
+    t0 = time.perf_counter()
+    _, params, k = _workload_info(req["workload"])
+    refs = [np.load(p) for p in req["reference_paths"]]
+    lib = tvm.runtime.load_module(req["artifact_path"])
+    func = lib["main"]
+    args = _call(func, make_inputs(params, int(req["seed"])))
+    outputs = [a.numpy() for a, (_, _, out) in zip(args, params, strict=True) if out]
+    for i, (got, ref) in enumerate(zip(outputs, refs, strict=True)):
+        problem = _compare(got, ref, float(req["rtol"]), float(req["atol"]), k)
+        if problem is not None:
+            where = f"output {i}: " if len(outputs) > 1 else ""
+            return {"ok": False, "wrong_answer": True, "error": where + problem}
+    dev = tvm.cpu()
+    timer = lib.time_evaluator(
+        "main",
+        dev,
+        number=int(req["number"]),
+        repeat=int(req["repeat"]),
+        min_repeat_ms=int(req["min_repeat_ms"]),
+        f_preproc="cache_flush_cpu_non_first_arg" if req["cache_flush"] else "",
+    )
+    result = timer(*args)
+    return {
+        "ok": True,
+        "latencies": [float(x) for x in result.results],
+        "secs": time.perf_counter() - t0,
+    }
+
+
+def handle(req: dict[str, Any]) -> dict[str, Any]:
+    op = req.get("op")
+    if op == "reference":
+        return _reference(req)
+    if op == "run":
+        return _run(req)
+    if op == "limits":  # diagnostic: the child's env names, directories and rlimits
+        from autosched.tune.sandbox.policy import describe
+
+        return describe()
+    raise ValueError(f"unknown op {op!r}")
