@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from autosched.errors import AutoschedError, ServiceBusyError, WireFormatError
@@ -61,13 +61,7 @@ class BuiltTemplate:
     static_trace: list[Any] | None = None  # the static schedule's TVM trace, when asked for
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "target_key": self.target_key,
-            "hardware": self.hardware,
-            "template": self.template,
-            "static_config": self.static_config,
-            "static_trace": self.static_trace,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> BuiltTemplate:
@@ -93,15 +87,7 @@ class WorkloadFacts:
     tvm_version: str
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "name": self.name,
-            "wire": self.wire,
-            "flops": self.flops,
-            "stages": self.stages,
-            "targets": [t.to_json() for t in self.targets],
-            "tvm_version": self.tvm_version,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> WorkloadFacts:
