@@ -17,9 +17,8 @@ from rich.table import Table
 from autosched import zoo
 from autosched.client import Client
 from autosched.space import Config
+from autosched.vocabulary import TERMINAL_JOB_STATES
 from autosched.wire import Workload
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def _table(jobs: dict[str, Any]) -> Table:
@@ -65,7 +64,7 @@ def tune_through_service(
                 for name, job in jobs.items():
                     if name not in finished_at:
                         jobs[name] = client.job(job.id)
-                        if jobs[name].state in TERMINAL:
+                        if jobs[name].state in TERMINAL_JOB_STATES:
                             finished_at[name] = time.perf_counter() - t0
                 live.update(_table(jobs))
                 time.sleep(poll_s)

@@ -17,10 +17,11 @@ from typing import Any
 from fastapi.testclient import TestClient
 from tvm import te
 
-from autosched.db import Job, JobWorkload, Trial, TrialState, session_factory, session_scope
+from autosched.db import Job, JobWorkload, Trial, session_factory, session_scope
 from autosched.db.models import Device
 from autosched.hardware import HardwareParams
 from autosched.settings import Settings
+from autosched.vocabulary import TrialState
 from autosched.wire import serialize
 from services.api import create_app
 
@@ -88,11 +89,10 @@ def registration(
 def known_device(db_url: str, hw: HardwareParams = HASWELL) -> str:
     """A fresh device key with pinned hardware, as a worker's first registration leaves it
     (jobs may only name a key some worker registered)."""
-    from autosched.tune.tune import target_key
 
     key = unique_device()
     with db(db_url) as session:
-        session.add(Device(key=key, target_key=target_key(hw), hardware=hw.to_json()))
+        session.add(Device(key=key, target_key=hw.target_key, hardware=hw.to_json()))
     return key
 
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from autosched.db import BestConfig, Job, JobState, JobWorkload, TrialState, WorkloadRow
+from autosched.db import BestConfig, Job, JobWorkload, WorkloadRow
 from autosched.db.models import utcnow
-from autosched.tune.measure import TrialStatus
+from autosched.tune.trial import TrialStatus
+from autosched.vocabulary import JobState, TrialState
 from tests.api_support import add_trial, db, matmul, registration
 
 BUILD_ERROR = (

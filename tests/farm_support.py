@@ -19,14 +19,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from tvm import te
 
-from autosched.db import Job, JobWorkload, Trial, TrialState, session_scope
+from autosched.db import Job, JobWorkload, Trial, session_scope
 from autosched.hardware import detect_hardware
 from autosched.service import farm
 from autosched.service.schemas import WorkerRegister
 from autosched.service.tokens import Caller
 from autosched.service.workloads import store_workload
-from autosched.tune.measure import MeasureInput, MeasureResult, TrialStatus
-from autosched.tune.measurer import Measurer
+from autosched.tune.measure import Measurer
+from autosched.tune.trial import MeasureInput, MeasureResult, TrialStatus
+from autosched.vocabulary import TrialState
 from autosched.wire import Workload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,14 +84,13 @@ def create_job(
 def register_worker(factory: sessionmaker[Session], device_key: str) -> str:
     """A worker row for in-process tests (no Celery worker behind it), registered as the
     workers do: through the database, a trusted caller."""
-    from autosched.tune.tune import target_key
 
     hw = detect_hardware()
     worker_id = f"test:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     reg = WorkerRegister(
         worker_id=worker_id,
         device_key=device_key,
-        target_key=target_key(hw),
+        target_key=hw.target_key,
         target={"kind": "llvm"},
         hardware=hw.to_json(),
         hostname="test",

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from autosched.db import Job, JobState, Trial, TrialState, WorkloadRow
+from autosched.db import Job, Trial, WorkloadRow
 from autosched.hardware import HardwareParams
-from autosched.tune.tune import target_key
+from autosched.vocabulary import JobState, TrialState
 from autosched.wire import Workload
 from tests.api_support import (
     add_trial,
@@ -108,7 +108,7 @@ def test_target_resolves_to_an_online_workers_device(db_url, tmp_path):
     device = unique_device()
     # A target no other test's worker serves: cores the session's other tests never use.
     hw = HardwareParams(1000 + int(device[-3:], 16) % 24, 256, 32768, 524288, 8388608, "haswell")
-    target = target_key(hw)
+    target = hw.target_key
     with api_client(db_url, tmp_path) as client:
         registered = client.post("/v1/workers/register", json=registration(device, hw=hw))
         assert registered.status_code == 200, registered.text

@@ -13,7 +13,6 @@ from autosched.db import BestConfig, WorkloadRow
 from autosched.hardware import HardwareParams, cpu_target
 from autosched.schedule import apply_config, trace_json
 from autosched.space import Config, Template
-from autosched.tune.tune import target_key
 from autosched.wire import Workload
 from tests.api_support import add_trial, api_client, db, host_hardware, matmul, unique_device
 
@@ -22,7 +21,7 @@ def test_static_until_tuned(db_url, tmp_path):
     doc, _ = matmul()
     key = Workload.from_json(doc).key
     with api_client(db_url, tmp_path) as client:
-        host_target = target_key(host_hardware(client))
+        host_target = host_hardware(client).target_key
         assert client.get(f"/v1/schedules/{key}").status_code == 404  # not stored yet
         client.post("/v1/workloads", json=doc)
 
@@ -48,13 +47,13 @@ def test_static_until_tuned(db_url, tmp_path):
             json={
                 "worker_id": f"w:{device}",
                 "device_key": device,
-                "target_key": target_key(worker_hw),
+                "target_key": worker_hw.target_key,
                 "target": {"kind": "llvm"},
                 "hardware": worker_hw.to_json(),
                 "hostname": "w",
             },
         )
-        remote = client.get(f"/v1/schedules/{key}", params={"target": target_key(worker_hw)})
+        remote = client.get(f"/v1/schedules/{key}", params={"target": worker_hw.target_key})
         assert remote.status_code == 200, remote.text
         assert remote.json()["hardware"] == worker_hw.to_json()
         assert remote.json()["source"] == "static"

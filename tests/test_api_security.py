@@ -13,9 +13,10 @@ from fastapi.testclient import TestClient
 from limits import parse
 from sqlalchemy import func, select
 
-from autosched.db import Job, JobState, WorkloadRow
+from autosched.db import Job, WorkloadRow
 from autosched.service.tokens import create_token
 from autosched.settings import Settings
+from autosched.vocabulary import JobState
 from services.api import create_app
 from services.api.dashboard.routes import POLL_MS
 from services.api.security import CONTENT_SECURITY_POLICY, parse_origin

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from autosched.db import Trial, TrialState, Worker, WorkerState
+from autosched.db import Trial, Worker
 from autosched.db.models import utcnow
+from autosched.vocabulary import TrialState, WorkerState
 from tests.api_support import add_trial, api_client, db, matmul, registration, unique_device
 
 

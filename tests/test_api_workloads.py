@@ -10,7 +10,6 @@ from sqlalchemy import func, select
 
 from autosched.db import TemplateRow, WorkloadRow
 from autosched.settings import get_settings
-from autosched.tune.tune import target_key
 from autosched.wire import Workload
 from tests.api_support import api_client, db, host_hardware, matmul
 from tests.test_workload_sandbox import chain
@@ -27,7 +26,7 @@ def test_submit_workload_stores_once(db_url, tmp_path):
         assert [s["meta_template"] for s in view["stages"]] == ["complex_reduction"]
         assert view["stages"][0]["iter_kinds"] == "SSR"
         assert view["flops"] >= 2 * 64**3
-        assert view["target_key"] == target_key(host_hardware(client))
+        assert view["target_key"] == host_hardware(client).target_key
         assert [s["stage"] for s in view["template"]["stages"]] == ["C"]
 
         again = client.post("/v1/workloads", json=doc)

@@ -16,9 +16,9 @@ from autosched import zoo
 from autosched.hardware import HardwareParams, cpu_target, detect_hardware
 from autosched.schedule import build_template, static_config
 from autosched.tune.builder import LocalBuilder, artifact_name
-from autosched.tune.measure import MeasureInput, TrialStatus
-from autosched.tune.measure_candidates import measure
+from autosched.tune.measure import measure
 from autosched.tune.runner import LocalRunner, RunnerInput
+from autosched.tune.trial import MeasureInput, TrialStatus
 from autosched.wire import Workload, serialize
 
 SHAPE = (64, 64)

@@ -160,14 +160,13 @@ def static_view(matmul) -> ScheduleView:
     """What the server answers for a workload nothing has tuned: the static config."""
     from autosched.hardware import detect_hardware
     from autosched.schedule import apply_config, build_template, static_config, trace_json
-    from autosched.tune.tune import target_key
 
     hw = detect_hardware()
     func = matmul.prim_func
     config = static_config(func, hw)
     return ScheduleView(
         workload_key=matmul.key,
-        target_key=target_key(hw),
+        target_key=hw.target_key,
         source="static",
         config=config.to_json(),
         template=build_template(func, hw).to_json(),
@@ -599,11 +598,10 @@ def test_cli_submit_prints_the_job_id(run_cli, workload_file, matmul):
 
 def test_cli_submit_defaults_to_this_machines_target(run_cli, workload_file):
     from autosched.hardware import detect_hardware
-    from autosched.tune.tune import target_key
 
     api = FakeApi()
     assert run_cli(api, "submit", str(workload_file)).exit_code == 0
-    assert api.body()["target"] == target_key(detect_hardware())
+    assert api.body()["target"] == detect_hardware().target_key
     refused = run_cli(api, "submit", str(workload_file), "--target", "t", "--device-key", "d")
     assert refused.exit_code == 2
 

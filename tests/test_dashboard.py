@@ -11,7 +11,6 @@ import pytest
 
 from autosched.client import format_trace
 from autosched.service.tokens import create_token
-from autosched.tune.tune import target_key
 from services.api.dashboard.routes import FAILURES, OTHER_FAILURE, STATIC_DIR, TEMPLATES_DIR
 from tests.api_support import HASWELL, api_client, db, host_hardware
 from tests.dashboard_support import seed_job
@@ -25,7 +24,7 @@ def _text(page: str) -> str:
 @pytest.fixture
 def client_and_seed(db_url, tmp_path):
     with api_client(db_url, tmp_path) as client:
-        seeded = seed_job(client, db_url, target_key(host_hardware(client)))
+        seeded = seed_job(client, db_url, host_hardware(client).target_key)
         yield client, seeded
 
 
@@ -100,7 +99,7 @@ def test_farm_page(client_and_seed):
     text = _text(section.group(0))
     assert "1 / 1 online" in text and "queue 2" in text  # one running, one queued
     # The worker's own target key, derived from the hardware it reported.
-    assert "dash-host" in text and target_key(HASWELL) in text and "online" in text
+    assert "dash-host" in text and HASWELL.target_key in text and "online" in text
     assert "2 cores" in text and "256-bit SIMD" in text and "L2 512 KiB" in text
     # Trials, trials/min (a worker younger than the window: over its first minute), errors, rate.
     assert "5 5.0 2 40.0%" in text
@@ -163,7 +162,7 @@ def test_reads_follow_auth_rules(db_url, tmp_path):
         admin = create_token(session, "dash-admin", ["admin"]).token
     auth = {"Authorization": f"Bearer {admin}"}
     with api_client(db_url, tmp_path, auth_required=True, anonymous_reads=False) as client:
-        s = seed_job(client, db_url, target_key(host_hardware(client)), headers=auth)
+        s = seed_job(client, db_url, host_hardware(client).target_key, headers=auth)
         for path in ("/", f"/jobs/{s.job_id}", "/farm", "/schedules"):
             shell = client.get(path)
             # A shell: it renders, shows no data, and says a token is needed.
@@ -203,7 +202,7 @@ def test_empty_pages(sqlite_url, tmp_path):
         assert "No jobs." in client.get("/").text
         assert "No workers registered" in client.get("/farm").text
         assert "No tuned schedule yet" in client.get("/schedules").text
-        queued = seed_job(client, sqlite_url, target_key(host_hardware(client)), with_results=False)
+        queued = seed_job(client, sqlite_url, host_hardware(client).target_key, with_results=False)
         page = client.get(f"/jobs/{queued.job_id}").text
         assert "No trials yet: the job is waiting for the scheduler" in page
         assert "No verified schedule yet" in page

@@ -26,11 +26,12 @@ import httpx
 import pytest
 import uvicorn
 
-from autosched.db import Job, JobState, upgrade_database
+from autosched.db import Job, upgrade_database
 from autosched.db.models import utcnow
 from autosched.service.tokens import create_token
 from autosched.settings import Settings
-from autosched.tune.measure import TrialStatus
+from autosched.tune.trial import TrialStatus
+from autosched.vocabulary import JobState
 from services.api import create_app
 from tests.api_support import add_trial, db, matmul
 from tests.dashboard_support import register_worker, seed_job

@@ -21,10 +21,8 @@ from tvm import te
 from autosched.hardware import cpu_target, detect_hardware
 from autosched.settings import Settings, get_settings
 from autosched.tune import resources
-from autosched.tune.builder.local_builder import BUILD_HANDLER, LocalBuilder
-from autosched.tune.measure import TrialStatus
-from autosched.tune.runner import LocalRunner, RunnerInput
-from autosched.tune.runner.local_runner import RUN_HANDLER
+from autosched.tune.builder import BUILD_HANDLER, LocalBuilder
+from autosched.tune.runner import RUN_HANDLER, LocalRunner, RunnerInput
 from autosched.tune.sandbox import SandboxWorker
 from autosched.tune.sandbox.policy import (
     ENV_ALLOWED,
@@ -32,6 +30,7 @@ from autosched.tune.sandbox.policy import (
     SandboxLimits,
     sandbox_memory_bytes,
 )
+from autosched.tune.trial import TrialStatus
 from autosched.wire import serialize
 
 SECRETS = {

@@ -11,17 +11,17 @@ import time
 import pytest
 from sqlalchemy import update
 
-from autosched.db import Job, Trial, TrialState, session_factory, session_scope
+from autosched.db import Job, Trial, session_factory, session_scope
 from autosched.errors import JobCancelled, JobInterrupted
 from autosched.hardware import detect_hardware
 from autosched.service.dispatch import MEASURE_TASK, DeviceGate, DispatchMeasurer
 from autosched.service.measure_trials import measure_trials
-from autosched.tune.measure import MeasureInput, TrialStatus
-from autosched.tune.tune import target_key
+from autosched.tune.trial import MeasureInput, TrialStatus
+from autosched.vocabulary import TrialState
 from tests.farm_support import FakeMeasurer, create_job, matmul, register_worker, store
 
 HW = detect_hardware()
-TARGET = target_key(HW)
+TARGET = HW.target_key
 _SHAPES = itertools.count()
 
 

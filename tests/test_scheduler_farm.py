@@ -16,25 +16,15 @@ from subprocess import Popen
 import pytest
 from sqlalchemy import select
 
-from autosched.db import (
-    BestConfig,
-    Job,
-    JobWorkload,
-    Trial,
-    TrialState,
-    Worker,
-    WorkerState,
-    session_factory,
-    session_scope,
-)
+from autosched.db import BestConfig, Job, JobWorkload, Trial, Worker, session_factory, session_scope
 from autosched.db.models import utcnow
 from autosched.db.session import upgrade_database
 from autosched.hardware import detect_hardware
 from autosched.service.celery_app import make_celery
 from autosched.service.dispatch import MEASURE_TASK, DispatchMeasurer, device_queue
 from autosched.settings import Settings
-from autosched.tune.measure import MeasureInput, TrialStatus
-from autosched.tune.tune import target_key
+from autosched.tune.trial import MeasureInput, TrialStatus
+from autosched.vocabulary import TrialState, WorkerState
 from services.scheduler.main import run_scheduler
 from tests.farm_support import (
     create_job,
@@ -52,7 +42,7 @@ from tests.farm_support import (
 )
 
 HW = detect_hardware()
-TARGET = target_key(HW)
+TARGET = HW.target_key
 STARTUP_S = 90  # a worker imports TVM and Celery; the machine may be busy
 
 

@@ -18,9 +18,7 @@ from autosched.service.job_runner import REMEASURE_TOP, run_job
 from autosched.service.measure_trials import measure_trials
 from autosched.service.remeasure import remeasure_trials
 from autosched.settings import Settings
-from autosched.tune.database import config_digest
-from autosched.tune.measure import MeasureResult
-from autosched.tune.tune import target_key
+from autosched.tune.trial import MeasureResult, config_digest
 from services.scheduler.main import claim_jobs
 from tests.farm_support import (
     FakeMeasurer,
@@ -93,7 +91,7 @@ def test_budget_is_exact_and_static_goes_first(farm, device_key):
     assert _run(factory, app, job_id) == "succeeded"
 
     ended = job(factory, job_id)
-    assert ended.target_key == target_key(HW) and ended.started_at and ended.finished_at
+    assert ended.target_key == HW.target_key and ended.started_at and ended.finished_at
     trials = trials_of(factory, job_id)
     assert Counter(t.workload_key for t in trials) == {keys[0]: 6, keys[1]: 6}
     assert all(t.state == "done" for t in trials)
@@ -229,7 +227,7 @@ def test_final_remeasurement_keeps_each_trials_lowest_timing(farm, device_key):
     fastest = min(trials.values(), key=lambda t: t.latency)
     assert fastest.id in ids
     with session_scope(factory) as session:
-        best = session.get(BestConfig, (keys[0], target_key(HW)))
+        best = session.get(BestConfig, (keys[0], HW.target_key))
         assert best is not None and best.trial_id == fastest.id
         assert best.latency == fastest.latency
         (jw,) = session.scalars(select(JobWorkload).where(JobWorkload.job_id == job_id)).all()

@@ -7,9 +7,9 @@ import pytest
 from autosched import zoo
 from autosched.hardware import HardwareParams
 from autosched.space import Config
-from autosched.tune.database import JSONDatabase, MemoryDatabase, config_digest
-from autosched.tune.measure import MeasureResult, TrialStatus
-from autosched.tune.measurer import ReplayMeasurer
+from autosched.tune.database import JSONDatabase, MemoryDatabase
+from autosched.tune.measure import ReplayMeasurer
+from autosched.tune.trial import MeasureResult, TrialStatus, config_digest
 from autosched.tune.tune import tune
 from autosched.wire import Workload
 

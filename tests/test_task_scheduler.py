@@ -4,9 +4,9 @@ import math
 
 from autosched import zoo
 from autosched.tune.database import MemoryDatabase
-from autosched.tune.measure import MeasureResult, TrialStatus
-from autosched.tune.measurer import ReplayMeasurer
+from autosched.tune.measure import ReplayMeasurer
 from autosched.tune.task_scheduler import tune_tasks
+from autosched.tune.trial import MeasureResult, TrialStatus
 from autosched.tune.tune import TuningTask
 from autosched.wire import Workload
 from tests.test_search import HW, synthetic_latency

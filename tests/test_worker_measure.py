@@ -10,28 +10,19 @@ import threading
 import pytest
 from sqlalchemy import select, update
 
-from autosched.db import (
-    BestConfig,
-    Job,
-    Trial,
-    TrialState,
-    WorkloadRow,
-    session_factory,
-    session_scope,
-)
+from autosched.db import BestConfig, Job, Trial, WorkloadRow, session_factory, session_scope
 from autosched.hardware import detect_hardware
 from autosched.service.dispatch import DispatchMeasurer
 from autosched.service.measure_trials import measure_trials, offer_best
 from autosched.service.sql_database import SQLDatabase
 from autosched.service.workloads import ensure_template
 from autosched.space import Template
-from autosched.tune.database import TrialRecord
-from autosched.tune.measure import MeasureInput, MeasureResult, TrialStatus
-from autosched.tune.tune import target_key
+from autosched.tune.trial import MeasureInput, MeasureResult, TrialRecord, TrialStatus
+from autosched.vocabulary import TrialState
 from tests.farm_support import FakeMeasurer, create_job, matmul, register_worker, store
 
 HW = detect_hardware()
-TARGET = target_key(HW)
+TARGET = HW.target_key
 
 
 class RecordingApp:

@@ -16,7 +16,6 @@ from tvm import te
 from autosched.errors import WireFormatError
 from autosched.hardware import HardwareParams, detect_hardware
 from autosched.service import workload_sandbox as ws
-from autosched.tune.tune import target_key
 from autosched.wire import Workload, serialize
 from tests.api_support import matmul
 
@@ -89,7 +88,7 @@ def test_sandbox_answers_what_the_library_computes_in_process():
     local = ws.describe_workload(Workload.from_json(doc), [HW, OTHER_HW], trace=True)
     assert facts == local
     assert facts.key == Workload.from_json(doc).key
-    assert [t.target_key for t in facts.targets] == [target_key(HW), target_key(OTHER_HW)]
+    assert [t.target_key for t in facts.targets] == [HW.target_key, OTHER_HW.target_key]
     assert facts.targets[0].static_trace
     built = facts.targets[1]
     trace, version = ws.static_trace(

@@ -72,13 +72,12 @@ def register(factory: sessionmaker[Session], device_key: str, hw: HardwareParams
     credentials anyway (it claims trials and records results there), so no API token adds
     anything. Its hardware is validated and pinned like any registration's; a worker whose
     hardware differs from its device key's pin re-pins it (an operator's process)."""
-    from autosched.tune.tune import target_key
 
     hostname = socket.gethostname()
     reg = WorkerRegister(
         worker_id=f"{hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
         device_key=device_key,
-        target_key=target_key(hw),
+        target_key=hw.target_key,
         target=_plain(cpu_target(hw).export()),
         hardware=describe_host(hw),
         hostname=hostname,
@@ -95,7 +94,7 @@ def run_worker(
     loglevel: str = "INFO",
 ) -> int:
     """Serve ``device_key``'s queue until SIGTERM/SIGINT; returns the exit code."""
-    from autosched.tune.measurer import LocalMeasurer
+    from autosched.tune.measure import LocalMeasurer
     from workers import tasks
     from workers.celery_app import make_celery
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from autosched.service import measure_trials as service
 from autosched.service import remeasure
 from autosched.service.dispatch import MEASURE_TASK, REMEASURE_TASK
-from autosched.tune.measurer import Measurer
+from autosched.tune.measure import Measurer
 
 
 @dataclass(frozen=True)

@@ -389,9 +389,8 @@ def submit(
     wl = _load(workload)
     if not device_key and not target:
         from autosched.hardware import detect_hardware
-        from autosched.tune.tune import target_key
 
-        target = target_key(detect_hardware())
+        target = detect_hardware().target_key
     with _api_errors(), _client(ctx) as client:
         job = client.submit_job(
             [wl],

@@ -39,6 +39,7 @@ from autosched.settings import get_settings
 
 # Part of the client's API (``autosched.client.format_trace``); it lives with the library.
 from autosched.trace_format import format_trace as format_trace
+from autosched.vocabulary import TERMINAL_JOB_STATES
 
 if TYPE_CHECKING:
     from tvm import s_tir
@@ -58,8 +59,6 @@ _TRANSIENT: tuple[type[Exception], ...] = (
 # Proof that the request never reached the server: no connection was made.
 _NOT_SENT: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
 _RETRY_STATUSES: frozenset[int] = frozenset({502, 503, 504})
-# JobState's terminal values (autosched.db.models, not imported: it pulls in SQLAlchemy).
-TERMINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 _JOBS = TypeAdapter(list[JobView])
 _WORKERS = TypeAdapter(list[WorkerView])

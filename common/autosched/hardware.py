@@ -20,6 +20,7 @@ from typing import Any
 
 from autosched.errors import InvalidHardwareError
 from autosched.settings import get_settings
+from autosched.vocabulary import target_key
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 #: Code generators a device may use ("cuda" joins once GPU templates exist).
@@ -66,6 +67,11 @@ class HardwareParams:
                 "hardware.mcpu must be an LLVM CPU name (lower-case letters, digits, '-', "
                 "'_', '.'; at most 64 characters)"
             )
+
+    @property
+    def target_key(self) -> str:
+        """Its records' key: machines with the same key share schedules (vocabulary)."""
+        return target_key(self.kind, self.mcpu, self.num_cores, self.vector_bits)
 
     @property
     def vector_lanes_f32(self) -> int:

@@ -8,7 +8,6 @@ Alembic migrations in ``migrations/`` create these tables; keep both in step.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -25,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from autosched.vocabulary import JobState, TrialState, WorkerState
 
 
 def utcnow() -> datetime:
@@ -50,29 +51,6 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"  # waiting for the scheduler (or for a worker of its device key)
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-
-
-class TrialState(StrEnum):
-    QUEUED = "queued"  # row written, measure task sent to the device queue
-    RUNNING = "running"  # a worker claimed it
-    DONE = "done"  # result recorded (status says whether it succeeded)
-    CANCELLED = "cancelled"  # its job was cancelled before a worker measured it
-
-
-class WorkerState(StrEnum):
-    ONLINE = "online"
-    OFFLINE = "offline"
 
 
 class WorkloadRow(Base):

@@ -17,13 +17,14 @@ from pydantic import BaseModel
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from autosched.db.models import BestConfig, Job, JobWorkload, Trial, TrialState, WorkloadRow, utcnow
+from autosched.db.models import BestConfig, Job, JobWorkload, Trial, WorkloadRow, utcnow
 from autosched.errors import NotFoundError
 from autosched.service.farm import list_workers, public_worker_id, redact_worker
 from autosched.service.jobs import workload_flops
 from autosched.service.schemas import StageView, WorkerView
 from autosched.trace_format import format_trace
-from autosched.tune.measure import TrialStatus
+from autosched.tune.trial import TrialStatus
+from autosched.vocabulary import TrialState
 
 # Trials/min counts trials finished in this window (long enough to smooth batches).
 THROUGHPUT_WINDOW_S = 300.0

@@ -27,16 +27,16 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from autosched.db.models import Job, Trial, TrialState, Worker, WorkerState, utcnow
+from autosched.db.models import Job, Trial, Worker, utcnow
 from autosched.db.session import session_scope
 from autosched.db.upsert import insert_for
 from autosched.errors import JobCancelled, JobInterrupted
 from autosched.logs import log_context
 from autosched.service.sql_database import TRIAL_IDENTITY, trial_result
 from autosched.space import Config
-from autosched.tune.database import config_digest
-from autosched.tune.measure import MeasureInput, MeasureResult, TrialStatus
-from autosched.tune.measurer import Measurer
+from autosched.tune.measure import Measurer
+from autosched.tune.trial import MeasureInput, MeasureResult, TrialStatus, config_digest
+from autosched.vocabulary import TrialState, WorkerState
 from autosched.wire import Workload
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
-from autosched.db.models import Device, Trial, TrialState, Worker, WorkerState, utcnow
+from autosched.db.models import Device, Trial, Worker, utcnow
 from autosched.errors import (
     ConflictError,
     InvalidRequestError,
@@ -31,7 +31,8 @@ from autosched.errors import (
 from autosched.hardware import HardwareParams, HostDescription, target_json
 from autosched.service.schemas import WorkerRegister, WorkerView
 from autosched.service.tokens import Caller
-from autosched.tune.measure import TrialStatus
+from autosched.tune.trial import TrialStatus
+from autosched.vocabulary import TrialState, WorkerState
 
 log = logging.getLogger("autosched.farm")
 
@@ -50,7 +51,7 @@ def register_worker(session: Session, reg: WorkerRegister, *, caller: Caller) ->
         raise PermissionDeniedError(f"this token may not serve device key {reg.device_key!r}")
     described = HostDescription.from_report(reg.hardware)
     hw = described.params
-    derived_key = _target_key(hw)
+    derived_key = hw.target_key
     if reg.target_key is not None and reg.target_key != derived_key:
         raise InvalidRequestError(
             f"target_key {reg.target_key!r} does not match the reported hardware "
@@ -79,12 +80,6 @@ def register_worker(session: Session, reg: WorkerRegister, *, caller: Caller) ->
     worker.last_heartbeat = now
     session.flush()
     return worker
-
-
-def _target_key(hw: HardwareParams) -> str:
-    from autosched.tune.tune import target_key  # the one definition of a target key
-
-    return target_key(hw)
 
 
 def _check_target(reported: dict[str, Any], derived: dict[str, Any]) -> None:

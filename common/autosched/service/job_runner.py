@@ -25,17 +25,7 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from autosched.db.models import (
-    TERMINAL_JOB_STATES,
-    Job,
-    JobState,
-    JobWorkload,
-    TemplateRow,
-    Trial,
-    TrialState,
-    WorkloadRow,
-    utcnow,
-)
+from autosched.db.models import Job, JobWorkload, TemplateRow, Trial, WorkloadRow, utcnow
 from autosched.db.session import session_scope
 from autosched.errors import JobCancelled, JobInterrupted
 from autosched.hardware import HardwareParams
@@ -47,8 +37,8 @@ from autosched.service.sql_database import SQLDatabase, trial_result
 from autosched.service.workloads import in_process, load_stored, template_row
 from autosched.settings import Settings, get_settings
 from autosched.space import Config
-from autosched.tune.database import config_digest
-from autosched.tune.measure import MeasureInput, MeasureResult, TrialStatus
+from autosched.tune.trial import MeasureInput, MeasureResult, TrialStatus, config_digest
+from autosched.vocabulary import TERMINAL_JOB_STATES, JobState, TrialState
 from autosched.wire import Workload
 
 log = logging.getLogger(__name__)
@@ -249,7 +239,6 @@ class JobRunner:
             self.stop_event.wait(self.poll_s)
 
     def _start(self, hw: HardwareParams) -> Job:
-        from autosched.tune.tune import target_key
 
         with session_scope(self.factory) as session:
             started = session.execute(
@@ -257,7 +246,7 @@ class JobRunner:
                 .where(*self._mine(), Job.cancel_requested.is_(False))
                 .values(
                     state=JobState.RUNNING,
-                    target_key=target_key(hw),
+                    target_key=hw.target_key,
                     started_at=func.coalesce(Job.started_at, utcnow()),
                     updated_at=utcnow(),
                 )

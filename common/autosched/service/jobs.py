@@ -18,16 +18,12 @@ from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.orm import Session
 
 from autosched.db.models import (
-    TERMINAL_JOB_STATES,
     ApiToken,
     Device,
     Job,
-    JobState,
     JobWorkload,
     Trial,
-    TrialState,
     Worker,
-    WorkerState,
     WorkloadRow,
     utcnow,
 )
@@ -43,7 +39,8 @@ from autosched.service.schemas import CurvePoint, JobCreate, JobDetail, JobView,
 from autosched.service.tokens import Caller
 from autosched.service.workloads import register_workload
 from autosched.settings import Settings
-from autosched.tune.measure import TrialStatus
+from autosched.tune.trial import TrialStatus
+from autosched.vocabulary import TERMINAL_JOB_STATES, JobState, TrialState, WorkerState
 
 ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
 

@@ -20,23 +20,16 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from autosched.db.models import (
-    BestConfig,
-    Job,
-    Trial,
-    TrialState,
-    Worker,
-    WorkloadRow,
-    utcnow,
-)
+from autosched.db.models import BestConfig, Job, Trial, Worker, WorkloadRow, utcnow
 from autosched.db.session import session_scope
 from autosched.db.upsert import insert_for
 from autosched.hardware import HardwareParams
 from autosched.logs import log_context
 from autosched.service.dispatch import status_counts
 from autosched.service.sql_database import result_values
-from autosched.tune.measure import MeasureInput, MeasureResult, TrialStatus
-from autosched.tune.measurer import Measurer
+from autosched.tune.measure import Measurer
+from autosched.tune.trial import MeasureInput, MeasureResult, TrialStatus
+from autosched.vocabulary import TrialState
 
 log = logging.getLogger(__name__)
 

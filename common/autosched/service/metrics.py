@@ -29,10 +29,11 @@ from prometheus_client.registry import Collector
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from autosched.db.models import Job, JobState, Trial, TrialState, Worker, WorkerState, utcnow
+from autosched.db.models import Job, Trial, Worker, utcnow
 from autosched.db.session import session_scope
 from autosched.service.farm import public_worker_id
-from autosched.tune.measure import TrialStatus
+from autosched.tune.trial import TrialStatus
+from autosched.vocabulary import JobState, TrialState, WorkerState
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from autosched.db.models import Trial, TrialState, Worker, utcnow
+from autosched.db.models import Trial, Worker, utcnow
 from autosched.db.session import session_scope
 from autosched.service.measure_trials import batch_log_context, measure_inputs, offer_fastest
-from autosched.tune.measure import TrialStatus
-from autosched.tune.measurer import Measurer
+from autosched.tune.measure import Measurer
+from autosched.tune.trial import TrialStatus
+from autosched.vocabulary import TrialState
 
 log = logging.getLogger(__name__)
 

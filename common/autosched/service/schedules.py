@@ -13,16 +13,11 @@ import re
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from autosched.db.models import BestConfig, TemplateRow, Worker, WorkerState
+from autosched.db.models import BestConfig, TemplateRow, Worker
 from autosched.errors import InvalidRequestError, NotFoundError
 from autosched.hardware import HardwareParams
 from autosched.service import workload_sandbox
-from autosched.service.schemas import (
-    TARGET_KEY_MAX,
-    TARGET_KEY_PATTERN,
-    ScheduleLookup,
-    ScheduleView,
-)
+from autosched.service.schemas import TARGET_KEY_MAX, ScheduleLookup, ScheduleView
 from autosched.service.workload_sandbox import BuiltTemplate
 from autosched.service.workloads import (
     check_document,
@@ -30,6 +25,7 @@ from autosched.service.workloads import (
     get_workload_row,
     template_row,
 )
+from autosched.vocabulary import TARGET_KEY_PATTERN, WorkerState
 
 
 def get_schedule(
@@ -100,9 +96,8 @@ def check_target_key(target: str) -> str:
 
 
 def _target(target_key: str | None, host_hw: HardwareParams) -> str:
-    from autosched.tune.tune import target_key as key_of
 
-    return check_target_key(target_key) if target_key is not None else key_of(host_hw)
+    return check_target_key(target_key) if target_key is not None else host_hw.target_key
 
 
 def _as_built(row: TemplateRow) -> BuiltTemplate:
@@ -149,7 +144,6 @@ def _static(key: str, built: BuiltTemplate, tvm_version: str) -> ScheduleView:
 def _hardware_for(session: Session, target: str, host_hw: HardwareParams) -> HardwareParams:
     """Hardware of a target: an online worker's, else the host's, else that of a template
     stored for it (its worker may be offline now)."""
-    from autosched.tune.tune import target_key as key_of
 
     doc = session.scalars(
         select(Worker.hardware)
@@ -159,7 +153,7 @@ def _hardware_for(session: Session, target: str, host_hw: HardwareParams) -> Har
     ).first()
     if doc is not None:
         return HardwareParams.from_json(doc)
-    if key_of(host_hw) == target:
+    if host_hw.target_key == target:
         return host_hw
     doc = session.scalars(
         select(TemplateRow.hardware)

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from autosched.vocabulary import TARGET_KEY_PATTERN
+
 Strategy = Literal["static", "random", "evolutionary"]
 Scope = Literal["submit", "worker", "admin"]
 
@@ -30,8 +32,7 @@ WORKLOAD_KEY_MAX = 80  # workloads.key's column
 WorkloadKey = Annotated[
     str, StringConstraints(max_length=WORKLOAD_KEY_MAX, pattern=WORKLOAD_KEY_PATTERN)
 ]
-#: ``<kind>/<mcpu>/<cores>c/<vector bits>b`` (tune.target_key; column: 120).
-TARGET_KEY_PATTERN = r"^[a-z]{1,16}/[a-z][a-z0-9_.-]{0,63}/[0-9]{1,4}c/[0-9]{1,4}b$"
+#: vocabulary.target_key's form (column: 120).
 TARGET_KEY_MAX = 120  # the target_key columns
 TargetKey = Annotated[str, StringConstraints(max_length=TARGET_KEY_MAX, pattern=TARGET_KEY_PATTERN)]
 #: A worker's id, ``host:pid:uuid`` by default (column: 200).

@@ -17,12 +17,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from autosched.db.models import Job, Trial, TrialState, utcnow
+from autosched.db.models import Job, Trial, utcnow
 from autosched.db.session import session_scope
 from autosched.db.upsert import insert_for
 from autosched.space import Config
-from autosched.tune.database.database import Database, TrialRecord
-from autosched.tune.measure import MeasureResult, TrialStatus
+from autosched.tune.database import Database
+from autosched.tune.trial import MeasureResult, TrialRecord, TrialStatus
+from autosched.vocabulary import TrialState
 
 #: A trial's identity within its job (the unique constraint on ``trials``).
 TRIAL_IDENTITY = ["job_id", "workload_key", "config_digest"]

@@ -111,7 +111,6 @@ def build_target(workload: Workload, hw: HardwareParams, *, trace: bool = False)
     """Template and static config of ``workload`` for ``hw`` (and the static trace if asked)."""
     from autosched.analysis import analyze
     from autosched.schedule import apply_config, build_template, static_config, trace_json
-    from autosched.tune.tune import target_key
 
     stages = analyze(workload.prim_func)
     template = build_template(workload.prim_func, hw, stages)
@@ -121,7 +120,7 @@ def build_target(workload: Workload, hw: HardwareParams, *, trace: bool = False)
         sch = apply_config(workload.prim_func, config, hw, template=template, stages=stages)
         static_trace = trace_json(sch)
     return BuiltTemplate(
-        target_key=target_key(hw),
+        target_key=hw.target_key,
         hardware=hw.to_json(),
         template=template.to_json(),
         static_config=config.to_json(),

@@ -76,9 +76,8 @@ def template_row(
     session: Session, workload_key: str, hw: HardwareParams, build: TemplateBuilder
 ) -> TemplateRow:
     """The template of a stored workload for ``hw``'s target key; built and stored once."""
-    from autosched.tune.tune import target_key
 
-    target = target_key(hw)
+    target = hw.target_key
     row = find_template(session, workload_key, target)
     if row is not None:
         return row

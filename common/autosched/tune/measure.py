@@ -1,94 +1,102 @@
-"""Typed values that cross the tuning pipeline's stage boundaries.
+"""Measurers turn candidates into results: build and run them here (``LocalMeasurer``), or
+replay recorded results (``ReplayMeasurer``, fake hardware for search tests, as Kernel
+Tuner's simulation mode: recorded configs get their recorded result; others go to
+``fallback``, e.g. an analytic latency model, or fail as "not recorded").
 
-Failures are data: every trial ends with a status and a message, and a failed trial costs
-infinity. Inputs carry only JSON documents (wire-format workload, config, hardware), so they
-can cross process boundaries (and, later, Celery) without pickling TVM objects.
+``measure`` is the pipeline itself: build a batch, run the ones that built, fold both stages
+into one ``MeasureResult`` per candidate. Failures are results, never exceptions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import asdict, dataclass, field
-from enum import StrEnum
-from typing import Any
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+
+from autosched.space import Config
+from autosched.tune.builder import Builder, LocalBuilder
+from autosched.tune.runner import LocalRunner, Runner, RunnerInput
+from autosched.tune.trial import (
+    MeasureInput,
+    MeasureResult,
+    TrialRecord,
+    TrialStatus,
+    config_digest,
+)
 
 
-class TrialStatus(StrEnum):
-    OK = "ok"
-    BUILD_ERROR = "build_error"
-    BUILD_TIMEOUT = "build_timeout"
-    RUN_ERROR = "run_error"
-    RUN_TIMEOUT = "run_timeout"
-    WRONG_ANSWER = "wrong_answer"
+def measure(builder: Builder, runner: Runner, inputs: list[MeasureInput]) -> list[MeasureResult]:
+    """One ``MeasureResult`` per input, in order; artifacts are deleted after running."""
+    builds = builder.build(inputs)
+    to_run = [
+        i
+        for i, b in enumerate(builds)
+        if b.status == TrialStatus.OK and b.artifact_path is not None
+    ]
+    try:
+        runs = runner.run(
+            [RunnerInput(str(builds[i].artifact_path), inputs[i].workload) for i in to_run]
+        )
+    finally:
+        for b in builds:
+            if b.artifact_path is not None:
+                with contextlib.suppress(OSError):
+                    os.remove(b.artifact_path)
+    by_index = dict(zip(to_run, runs, strict=True))
+    return [MeasureResult.from_stages(b, by_index.get(i)) for i, b in enumerate(builds)]
 
 
-@dataclass(frozen=True)
-class MeasureInput:
-    """One candidate: apply ``config`` to the workload, build for ``hardware``, measure."""
+class Measurer(ABC):
+    @abstractmethod
+    def measure(self, inputs: list[MeasureInput]) -> list[MeasureResult]:
+        """One result per input, in order; failures are results, never exceptions."""
 
-    workload: dict[str, Any]  # wire-format document
-    config: dict[str, Any]  # Config.to_json()
-    hardware: dict[str, Any]  # HardwareParams.to_json()
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    artifact_path: str | None  # exported shared library, None on failure
-    status: TrialStatus  # OK, BUILD_ERROR or BUILD_TIMEOUT
-    error: str | None = None
-    build_secs: float = 0.0
+    def close(self) -> None:
+        """Release worker processes, if any."""
+        return None
 
 
-@dataclass(frozen=True)
-class RunResult:
-    status: TrialStatus  # OK, RUN_ERROR, RUN_TIMEOUT or WRONG_ANSWER
-    latencies: tuple[float, ...] = ()  # seconds per call, one per repeat
-    error: str | None = None
-    run_secs: float = 0.0
-
-    @property
-    def latency(self) -> float:
-        """Median seconds per call; infinity for any failure."""
-        if self.status != TrialStatus.OK or not self.latencies:
-            return math.inf
-        ordered = sorted(self.latencies)
-        return ordered[len(ordered) // 2]
-
-
-@dataclass(frozen=True)
-class MeasureResult:
-    """What a trial produced: build and run folded into one status."""
-
-    status: TrialStatus
-    latency: float  # seconds; inf unless status is OK
-    error: str | None = None
-    build_secs: float = 0.0
-    run_secs: float = 0.0
-    latencies: tuple[float, ...] = field(default=())
+class LocalMeasurer(Measurer):
+    def __init__(self, builder: Builder, runner: Runner) -> None:
+        self.builder = builder
+        self.runner = runner
 
     @classmethod
-    def from_stages(cls, build: BuildResult, run: RunResult | None) -> MeasureResult:
-        if build.status != TrialStatus.OK or run is None:
-            return cls(build.status, math.inf, build.error, build.build_secs)
-        return cls(
-            run.status, run.latency, run.error, build.build_secs, run.run_secs, run.latencies
-        )
+    def create(cls, work_dir: str) -> LocalMeasurer:
+        return cls(LocalBuilder(work_dir), LocalRunner(work_dir))
 
-    def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["status"] = str(self.status)
-        doc["latency"] = None if math.isinf(self.latency) else self.latency
-        doc["latencies"] = list(self.latencies)
-        return doc
+    def measure(self, inputs: list[MeasureInput]) -> list[MeasureResult]:
+        return measure(self.builder, self.runner, inputs)
 
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> MeasureResult:
-        latency = doc.get("latency")
-        return cls(
-            TrialStatus(doc["status"]),
-            math.inf if latency is None else float(latency),
-            doc.get("error"),
-            float(doc.get("build_secs", 0.0)),
-            float(doc.get("run_secs", 0.0)),
-            tuple(doc.get("latencies", ())),
-        )
+    def close(self) -> None:
+        self.builder.close()
+        self.runner.close()
+
+
+class ReplayMeasurer(Measurer):
+    def __init__(
+        self,
+        records: Iterable[TrialRecord] = (),
+        fallback: Callable[[Config], MeasureResult] | None = None,
+    ) -> None:
+        self.table = {r.digest: r.result for r in records}
+        self.fallback = fallback
+        self.calls: list[str] = []  # digests measured, in order (tests check re-measurement)
+
+    def measure(self, inputs: list[MeasureInput]) -> list[MeasureResult]:
+        results = []
+        for inp in inputs:
+            config = Config.from_json(inp.config)
+            digest = config_digest(config)
+            self.calls.append(digest)
+            if digest in self.table:
+                results.append(self.table[digest])
+            elif self.fallback is not None:
+                results.append(self.fallback(config))
+            else:
+                results.append(
+                    MeasureResult(TrialStatus.RUN_ERROR, math.inf, "config not in the recording")
+                )
+        return results

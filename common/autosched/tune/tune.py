@@ -15,11 +15,11 @@ from typing import Literal
 
 from autosched.hardware import HardwareParams, detect_hardware
 from autosched.space import Config
-from autosched.tune.database import Database, MemoryDatabase, TrialRecord, config_digest
-from autosched.tune.measure import MeasureInput, TrialStatus
-from autosched.tune.measurer import LocalMeasurer, Measurer
+from autosched.tune.database import Database, MemoryDatabase
+from autosched.tune.measure import LocalMeasurer, Measurer
 from autosched.tune.search_strategy import EvolutionarySearch, RandomSearch, SearchStrategy
 from autosched.tune.space_generator import MetaTemplateSpace, SpaceGenerator
+from autosched.tune.trial import MeasureInput, TrialRecord, TrialStatus, config_digest
 from autosched.wire import Workload
 
 StrategyName = Literal["evolutionary", "random"]
@@ -83,7 +83,7 @@ class TuningTask:
 
         self.workload = workload
         self.hw = hw
-        self.target = target_key(hw)
+        self.target = hw.target_key
         space = space or MetaTemplateSpace()
         self.template = space.generate(workload, hw)
         self.database = database if database is not None else MemoryDatabase()

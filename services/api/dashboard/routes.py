@@ -27,10 +27,10 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 
-from autosched.db.models import TERMINAL_JOB_STATES, JobState
 from autosched.errors import AuthenticationError, NotFoundError
 from autosched.service import dashboard, farm, jobs
 from autosched.service.schemas import INT32_MAX, JobView
+from autosched.vocabulary import TERMINAL_JOB_STATES, JobState
 from services.api.deps import BearerDep, SessionDep, StateDep, redact_for, require_read
 
 HERE = Path(__file__).parent

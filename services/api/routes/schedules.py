@@ -9,13 +9,13 @@ from fastapi import APIRouter, Path, Query
 from autosched.service import schedules
 from autosched.service.schemas import (
     TARGET_KEY_MAX,
-    TARGET_KEY_PATTERN,
     WORKLOAD_KEY_MAX,
     WORKLOAD_KEY_PATTERN,
     ErrorBody,
     ScheduleLookup,
     ScheduleView,
 )
+from autosched.vocabulary import TARGET_KEY_PATTERN
 from services.api.deps import HostHardwareDep, ReadAccess, SessionDep
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])

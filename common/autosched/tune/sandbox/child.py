@@ -5,8 +5,8 @@ moves ``stdout`` to ``stderr`` so that prints from TVM or gcc cannot corrupt the
 calls the handler module's ``warmup`` if it has one, answers ``ready`` and then serves one
 JSON request per line until stdin closes (``worker.SandboxWorker`` is the other end).
 
-The handlers live with their users: the runner's in ``autosched.tune.runner.handlers``, the
-builder's in ``autosched.tune.builder.local_builder``, the API's template builder in
+The handlers live with their users: the runner's in ``autosched.tune.runner_handlers``, the
+builder's in ``autosched.tune.builder``, the API's template builder in
 ``autosched.service.workload_sandbox``.
 """
 
@@ -24,8 +24,8 @@ from autosched.tune.sandbox.policy import apply_limits, arm_cpu_limit
 # The modules whose handlers a sandbox may import (argv is ours, but keep the door narrow).
 HANDLER_MODULES = frozenset(
     {
-        "autosched.tune.runner.handlers",
-        "autosched.tune.builder.local_builder",
+        "autosched.tune.runner_handlers",
+        "autosched.tune.builder",
         "autosched.service.workload_sandbox",
     }
 )

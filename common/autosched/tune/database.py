@@ -1,11 +1,33 @@
-"""Records as JSON lines in one file: append-only, readable, resumable."""
+"""The records store: every trial, keyed by workload key and target.
+
+``Database`` is the interface; ``JSONDatabase`` keeps records as JSON lines in one file
+(append-only, readable, resumable) and ``MemoryDatabase`` keeps them in memory. The
+service's implementation on its own database (``SQLDatabase``) lives with the service:
+``autosched.service.sql_database``.
+"""
 
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
 
-from autosched.tune.database.database import Database, TrialRecord
+from autosched.tune.trial import TrialRecord
+
+
+class Database(ABC):
+    @abstractmethod
+    def commit(self, record: TrialRecord) -> None:
+        """Store one trial (idempotent for the same workload, target and config)."""
+
+    @abstractmethod
+    def records(self, workload_key: str, target: str) -> list[TrialRecord]:
+        """All trials of a workload on a target, in commit order."""
+
+    def best(self, workload_key: str, target: str) -> TrialRecord | None:
+        """The fastest verified trial: wrong answers and failures never qualify."""
+        ok = [r for r in self.records(workload_key, target) if r.ok]
+        return min(ok, key=lambda r: r.result.latency) if ok else None
 
 
 class JSONDatabase(Database):

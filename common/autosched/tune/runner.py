@@ -1,7 +1,8 @@
-"""``LocalRunner``: check and time candidates one at a time in a sandbox subprocess.
+"""The Runner stage: load built artifacts, check them against the reference, time them.
 
-A single persistent sandbox child (``autosched.tune.sandbox``, serving the handlers of
-``autosched.tune.runner.handlers``) loads each artifact with ``tvm.runtime.load_module``,
+``LocalRunner`` checks and times candidates one at a time in a sandbox subprocess: a single
+persistent sandbox child (``autosched.tune.sandbox``, serving the handlers of
+``autosched.tune.runner_handlers``) loads each artifact with ``tvm.runtime.load_module``,
 calls it once on deterministic inputs (uniform -1..1 for float parameters, from ``seed``),
 compares the outputs with the reference, and times it with ``time_evaluator`` (cache flush
 between calls). The child is killed and replaced after any
@@ -20,16 +21,42 @@ import glob
 import json
 import os
 import time
-from dataclasses import replace
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
 from typing import Any
 
 from autosched.settings import Settings, get_settings
-from autosched.tune.measure import RunResult, TrialStatus
-from autosched.tune.runner.runner import Runner, RunnerInput
 from autosched.tune.sandbox.policy import SandboxLimits
+from autosched.tune.trial import RunResult, TrialStatus
+
+
+@dataclass(frozen=True)
+class RunnerInput:
+    """A built candidate: the exported library and the wire-format workload it implements."""
+
+    artifact_path: str
+    workload: dict[str, Any]
+
+
+class Runner(ABC):
+    """Measures candidates; never raises for a bad candidate (failures are ``RunResult``s)."""
+
+    @abstractmethod
+    def run(self, inputs: list[RunnerInput]) -> list[RunResult]:
+        """One result per input, in order."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release worker processes, if any."""
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 #: What the runner's sandbox child serves (``reference``, ``run``, ``limits``).
-RUN_HANDLER = "autosched.tune.runner.handlers:handle"
+RUN_HANDLER = "autosched.tune.runner_handlers:handle"
 
 
 class LocalRunner(Runner):

@@ -1,12 +1,13 @@
-"""``LocalBuilder``: compile a batch of candidates in a pool of sandbox worker processes.
+"""The Builder stage: turn (workload, config, hardware) into an exported shared library.
 
-Each worker is a persistent sandbox child (``autosched.tune.sandbox``) that imports TVM once
-and then builds one candidate per request: validate the config against the workload's
-template, ``apply_config``, ``tvm.compile``, ``export_library``. A worker that hangs past
-``timeout_s`` is killed (BUILD_TIMEOUT); one that crashes is replaced (BUILD_ERROR with the
-exit signal); a Python error is a BUILD_ERROR with its message. The caller never sees an
-exception for a bad candidate. MetaSchedule and ``tvm.s_tir.tensor_intrin`` are never
-imported here (~30 s per process).
+``LocalBuilder`` compiles a batch of candidates in a pool of sandbox worker processes. Each
+worker is a persistent sandbox child (``autosched.tune.sandbox``) that imports TVM once
+and then builds one candidate per request (``handle``): validate the config against the
+workload's template, ``apply_config``, ``tvm.compile``, ``export_library``. A worker that
+hangs past ``timeout_s`` is killed (BUILD_TIMEOUT); one that crashes is replaced
+(BUILD_ERROR with the exit signal); a Python error is a BUILD_ERROR with its message. The
+caller never sees an exception for a bad candidate. MetaSchedule and
+``tvm.s_tir.tensor_intrin`` are never imported here (~30 s per process).
 """
 
 from __future__ import annotations
@@ -18,17 +19,35 @@ import os
 import queue
 import threading
 import time
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
 from autosched.settings import Settings, get_settings
-from autosched.tune.builder.builder import Builder
-from autosched.tune.measure import BuildResult, MeasureInput, TrialStatus
 from autosched.tune.resources import usable_cpus
 from autosched.tune.sandbox.policy import SandboxLimits
+from autosched.tune.trial import BuildResult, MeasureInput, TrialStatus
 
-BUILD_HANDLER = "autosched.tune.builder.local_builder:handle"
+
+class Builder(ABC):
+    """Builds candidates; never raises for a bad candidate (failures are ``BuildResult``s)."""
+
+    @abstractmethod
+    def build(self, inputs: list[MeasureInput]) -> list[BuildResult]:
+        """One result per input, in order."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release worker processes, if any."""
+
+    def __enter__(self) -> Builder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+BUILD_HANDLER = "autosched.tune.builder:handle"
 
 
 def artifact_name(workload_key: str, config: dict[str, Any]) -> str:

@@ -1,0 +1,53 @@
+"""The words the server, the client, the bench scripts and the dashboard share.
+
+Job, trial and worker states and the form of a target key, defined once. Standard library
+only: the client and the bench import it without SQLAlchemy or TVM, the ORM columns take their
+values from it, and the dashboard's scripts read ``as_json()`` from the page (never a copy).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"  # waiting for the scheduler (or for a worker of its device key)
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class TrialState(StrEnum):
+    QUEUED = "queued"  # row written, measure task sent to the device queue
+    RUNNING = "running"  # a worker claimed it
+    DONE = "done"  # result recorded (status says whether it succeeded)
+    CANCELLED = "cancelled"  # its job was cancelled before a worker measured it
+
+
+class WorkerState(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+#: ``<kind>/<mcpu>/<cores>c/<vector bits>b``: what ``target_key`` makes (column: 120).
+TARGET_KEY_PATTERN = r"^[a-z]{1,16}/[a-z][a-z0-9_.-]{0,63}/[0-9]{1,4}c/[0-9]{1,4}b$"
+
+
+def target_key(kind: str, mcpu: str, num_cores: int, vector_bits: int) -> str:
+    """Records are shared between machines with the same key (same code generation)."""
+    return f"{kind}/{mcpu}/{num_cores}c/{vector_bits}b"
+
+
+def as_json() -> dict[str, Any]:
+    """What the dashboard's scripts need, embedded in each page as JSON data."""
+    return {
+        "job_states": [s.value for s in JobState],
+        "terminal_job_states": sorted(TERMINAL_JOB_STATES),
+        "trial_states": [s.value for s in TrialState],
+        "worker_states": [s.value for s in WorkerState],
+    }
