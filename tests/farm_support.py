@@ -21,8 +21,8 @@ from tvm import te
 
 from autosched.db import Job, JobWorkload, Trial, session_scope
 from autosched.hardware import detect_hardware
+from autosched.schemas import WorkerRegister
 from autosched.service import farm
-from autosched.service.schemas import WorkerRegister
 from autosched.service.tokens import Caller
 from autosched.service.workloads import store_workload
 from autosched.tune.measure import Measurer

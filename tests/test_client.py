@@ -25,7 +25,7 @@ from autosched.errors import (
     PermissionDeniedError,
     QuotaExceededError,
 )
-from autosched.service.schemas import (
+from autosched.schemas import (
     JobDetail,
     JobView,
     ScheduleView,

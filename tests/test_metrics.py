@@ -12,9 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from autosched.db import Job, session_factory, session_scope
 from autosched.db.models import utcnow
+from autosched.schemas import WorkerRegister
 from autosched.service import farm
 from autosched.service.metrics import RATE_WINDOW_S, FleetCollector
-from autosched.service.schemas import WorkerRegister
 from autosched.service.tokens import Caller, create_token
 from autosched.vocabulary import TrialState, WorkerState
 from tests.api_support import add_trial, api_client, hardware_doc, unique_device

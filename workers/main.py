@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from autosched.db.session import session_factory, session_scope, upgrade_database
 from autosched.hardware import HardwareParams, cpu_target, describe_host, detect_hardware
 from autosched.logs import configure_logging
+from autosched.schemas import WorkerRegister
 from autosched.service import farm
 from autosched.service.dispatch import device_queue
-from autosched.service.schemas import WorkerRegister
 from autosched.service.tokens import Caller
 from autosched.settings import Settings, get_settings
 

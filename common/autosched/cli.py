@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from autosched.errors import AutoschedError
-from autosched.service.schemas import JobDetail, JobView, Scope, Strategy
+from autosched.schemas import JobDetail, JobView, Scope, Strategy
 
 if TYPE_CHECKING:
     from autosched.client import Client
@@ -538,7 +538,7 @@ def token_create(
         from pydantic import ValidationError
 
         from autosched.db import session_factory, session_scope, upgrade_database
-        from autosched.service.schemas import TokenCreate
+        from autosched.schemas import TokenCreate
         from autosched.service.tokens import create_token
         from autosched.settings import get_settings
 

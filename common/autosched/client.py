@@ -21,7 +21,7 @@ import tenacity
 from pydantic import TypeAdapter, ValidationError
 
 from autosched.errors import ApiError, ConfigError, InvalidRequestError
-from autosched.service.schemas import (
+from autosched.schemas import (
     JobCreate,
     JobDetail,
     JobView,

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from autosched.db.session import session_factory, session_scope
 from autosched.hardware import HardwareParams, detect_hardware
+from autosched.schemas import Scope
 from autosched.service.jobs import Quotas
-from autosched.service.schemas import Scope
 from autosched.service.tokens import Caller, authenticate
 from autosched.settings import Settings
 

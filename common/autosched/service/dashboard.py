@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 
 from autosched.db.models import BestConfig, Job, JobWorkload, Trial, WorkloadRow, utcnow
 from autosched.errors import NotFoundError
+from autosched.schemas import StageView, WorkerView
 from autosched.service.farm import list_workers, public_worker_id, redact_worker
 from autosched.service.jobs import workload_flops
-from autosched.service.schemas import StageView, WorkerView
 from autosched.trace_format import format_trace
 from autosched.tune.trial import TrialStatus
 from autosched.vocabulary import TrialState

@@ -29,7 +29,7 @@ from autosched.errors import (
     PermissionDeniedError,
 )
 from autosched.hardware import HardwareParams, HostDescription, target_json
-from autosched.service.schemas import WorkerRegister, WorkerView
+from autosched.schemas import WorkerRegister, WorkerView
 from autosched.service.tokens import Caller
 from autosched.tune.trial import TrialStatus
 from autosched.vocabulary import TrialState, WorkerState

@@ -35,7 +35,7 @@ from autosched.errors import (
     QuotaExceededError,
 )
 from autosched.hardware import HardwareParams
-from autosched.service.schemas import CurvePoint, JobCreate, JobDetail, JobView, JobWorkloadView
+from autosched.schemas import CurvePoint, JobCreate, JobDetail, JobView, JobWorkloadView
 from autosched.service.tokens import Caller
 from autosched.service.workloads import register_workload
 from autosched.settings import Settings

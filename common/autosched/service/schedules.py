@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 from autosched.db.models import BestConfig, TemplateRow, Worker
 from autosched.errors import InvalidRequestError, NotFoundError
 from autosched.hardware import HardwareParams
+from autosched.schemas import TARGET_KEY_MAX, ScheduleLookup, ScheduleView
 from autosched.service import workload_sandbox
-from autosched.service.schemas import TARGET_KEY_MAX, ScheduleLookup, ScheduleView
 from autosched.service.workload_sandbox import BuiltTemplate
 from autosched.service.workloads import (
     check_document,

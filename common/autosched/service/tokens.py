@@ -21,7 +21,7 @@ from autosched.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from autosched.service.schemas import TokenCreated
+from autosched.schemas import TokenCreated
 
 SCOPES = ("submit", "worker", "admin")
 TOKEN_PREFIX = "as_"

@@ -134,7 +134,7 @@ def describe_workload(
     import tvm
 
     from autosched.analysis import analyze, flops
-    from autosched.service.schemas import StageView
+    from autosched.schemas import StageView
 
     stages = [
         StageView(

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 from autosched.db.models import TemplateRow, WorkloadRow
 from autosched.errors import NotFoundError
 from autosched.hardware import HardwareParams
+from autosched.schemas import StageView, WorkloadView
 from autosched.service import workload_sandbox
-from autosched.service.schemas import StageView, WorkloadView
 from autosched.service.workload_sandbox import BuiltTemplate, WorkloadFacts
 from autosched.wire import Workload
 from autosched.wire.validate import validate_document

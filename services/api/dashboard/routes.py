@@ -28,8 +28,8 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 
 from autosched.errors import AuthenticationError, NotFoundError
+from autosched.schemas import INT32_MAX, JobView
 from autosched.service import dashboard, farm, jobs
-from autosched.service.schemas import INT32_MAX, JobView
 from autosched.vocabulary import TERMINAL_JOB_STATES, JobState
 from services.api.deps import BearerDep, SessionDep, StateDep, redact_for, require_read
 

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
 
+from autosched.schemas import INT32_MAX, ErrorBody, JobCreate, JobDetail, JobView
 from autosched.service import jobs
-from autosched.service.schemas import INT32_MAX, ErrorBody, JobCreate, JobDetail, JobView
 from autosched.vocabulary import JobState
 from services.api.deps import HostHardwareDep, QuotasDep, Reader, SessionDep, Submitter, redact_for
 

@@ -6,8 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from autosched.service import schedules
-from autosched.service.schemas import (
+from autosched.schemas import (
     TARGET_KEY_MAX,
     WORKLOAD_KEY_MAX,
     WORKLOAD_KEY_PATTERN,
@@ -15,6 +14,7 @@ from autosched.service.schemas import (
     ScheduleLookup,
     ScheduleView,
 )
+from autosched.service import schedules
 from autosched.vocabulary import TARGET_KEY_PATTERN
 from services.api.deps import HostHardwareDep, ReadAccess, SessionDep
 

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 
+from autosched.schemas import INT32_MAX, ErrorBody, TokenCreate, TokenCreated
 from autosched.service import tokens
-from autosched.service.schemas import INT32_MAX, ErrorBody, TokenCreate, TokenCreated
 from services.api.deps import AdminAccess, SessionDep
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"], dependencies=[AdminAccess])

@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
+from autosched.schemas import INT32_MAX, WORKLOAD_KEY_PATTERN, ErrorBody
 from autosched.service import dashboard
 from autosched.service.dashboard import BestSchedule, TrialPage
-from autosched.service.schemas import INT32_MAX, WORKLOAD_KEY_PATTERN, ErrorBody
 from autosched.vocabulary import TARGET_KEY_PATTERN
 from services.api.deps import Reader, SessionDep, redact_for
 

@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
+from autosched.schemas import WORKER_ID_PATTERN, ErrorBody, WorkerRegister, WorkerView
 from autosched.service import farm
-from autosched.service.schemas import WORKER_ID_PATTERN, ErrorBody, WorkerRegister, WorkerView
 from services.api.deps import Reader, SessionDep, SettingsDep, WorkerCaller, redact_for
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])

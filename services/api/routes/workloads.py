@@ -6,12 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Response, status
 
-from autosched.service.schemas import (
-    WORKLOAD_KEY_MAX,
-    WORKLOAD_KEY_PATTERN,
-    ErrorBody,
-    WorkloadView,
-)
+from autosched.schemas import WORKLOAD_KEY_MAX, WORKLOAD_KEY_PATTERN, ErrorBody, WorkloadView
 from autosched.service.workloads import register_workload, workload_view
 from services.api.deps import HostHardwareDep, ReadAccess, SessionDep, SubmitAccess
 
