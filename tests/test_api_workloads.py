@@ -12,7 +12,7 @@ from autosched.db import TemplateRow, WorkloadRow
 from autosched.settings import get_settings
 from autosched.wire import Workload
 from tests.api_support import api_client, db, host_hardware, matmul
-from tests.test_workload_sandbox import chain
+from tests.kernels import chain
 
 
 def test_submit_workload_stores_once(db_url, tmp_path):

@@ -19,6 +19,8 @@ literal name. The rules (ARCHITECTURE.md, "Layers and import rules"):
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +183,41 @@ def test_the_walk_sees_every_package() -> None:
     modules = {imp.module for imp in all_imports(PACKAGE_DIRS)}
     for expected in ("autosched.cli", "autosched.tune.tune", "services.api.app", "workers.main"):
         assert expected in modules
+
+
+#: Modules the client, the bench scripts and the dashboard share with the server: what they
+#: may import from the library (nothing heavier: no SQLAlchemy, no TVM).
+STANDALONE = {"autosched.vocabulary": set(), "autosched.schemas": {"autosched.vocabulary"}}
+
+
+def test_shared_vocabulary_stands_alone() -> None:
+    found = []
+    for imp in all_imports({"autosched": PACKAGE_DIRS["autosched"]}):
+        allowed = STANDALONE.get(imp.module)
+        if allowed is None:
+            continue
+        base = imp.targets[0]
+        if within(base, "autosched") and not any(within(base, a) for a in allowed):
+            found.append(f"{imp.path.relative_to(ROOT)}:{imp.line}: {imp.module} imports {base}")
+    assert not found, "\n".join(found)
+    code = (
+        "import sys, autosched.schemas, autosched.vocabulary\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'tvm', 'celery'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_tests_do_not_import_each_other() -> None:
+    """Shared test helpers live in ``*_support.py`` / ``kernels.py``, not in test modules."""
+    tests_dir = ROOT / "tests"
+    found = [
+        f"{imp.path.relative_to(ROOT)}:{imp.line}: imports {imp.targets[0]}"
+        for path in sorted(tests_dir.rglob("*.py"))
+        for imp in imports_of(path, module_name(path, "tests", tests_dir))
+        if any(t.split(".")[-1].startswith("test_") for t in imp.targets[:1])
+    ]
+    assert not found, "\n".join(found)
 
 
 @pytest.fixture

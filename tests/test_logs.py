@@ -111,7 +111,8 @@ def test_job_runner_and_worker_lines_carry_job_and_trial_ids(sqlite_url, device_
     ours = [r for r in records if r["logger"].startswith("autosched.")]
     assert all(r["job_id"] == job_id for r in ours), [r for r in ours if "job_id" not in r]
 
-    runner = [r for r in ours if r["logger"] == "autosched.service.job_runner"]
+    job_loggers = {"autosched.service.job_runner", "autosched.service.job_state"}
+    runner = [r for r in ours if r["logger"] in job_loggers]
     started = next(r for r in runner if "running on" in r["message"])
     assert started["level"] == "INFO" and started["thread"] == threading.current_thread().name
     finished = next(r for r in runner if r.get("job_state") == "succeeded")

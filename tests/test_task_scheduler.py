@@ -9,7 +9,7 @@ from autosched.tune.task_scheduler import tune_tasks
 from autosched.tune.trial import MeasureResult, TrialStatus
 from autosched.tune.tune import TuningTask
 from autosched.wire import Workload
-from tests.test_search import HW, synthetic_latency
+from tests.search_support import HW, synthetic_latency
 
 
 def _flat(config) -> MeasureResult:

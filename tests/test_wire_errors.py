@@ -13,67 +13,7 @@ import pytest
 from autosched.errors import WireFormatError
 from autosched.settings import get_settings
 from autosched.wire import Workload, deserialize, load_workload
-
-
-def V(name: str) -> dict[str, Any]:
-    return {"op": "var", "name": name}
-
-
-def R(tensor: str, *indices: dict[str, Any]) -> dict[str, Any]:
-    return {"op": "read", "tensor": tensor, "indices": list(indices)}
-
-
-def F(value: float | str, dtype: str = "float32") -> dict[str, Any]:
-    return {"op": "float", "value": value, "dtype": dtype}
-
-
-def I(value: int, dtype: str = "int32") -> dict[str, Any]:  # noqa: E743
-    return {"op": "int", "value": value, "dtype": dtype}
-
-
-def base() -> dict[str, Any]:
-    """D = relu(A @ B + bias), as a client would write it (defaults left out)."""
-    return {
-        "format_version": 1,
-        "name": "mm_relu",
-        "placeholders": [
-            {"name": "A", "shape": [4, 8], "dtype": "float32"},
-            {"name": "B", "shape": [8, 6], "dtype": "float32"},
-            {"name": "bias", "shape": [6], "dtype": "float32"},
-        ],
-        "stages": [
-            {
-                "name": "C",
-                "shape": [4, 6],
-                "dtype": "float32",
-                "axes": ["i", "j"],
-                "body": {
-                    "op": "reduce",
-                    "reducer": "sum",
-                    "axes": [{"name": "k", "extent": 8}],
-                    "source": {
-                        "op": "mul",
-                        "a": R("A", V("i"), V("k")),
-                        "b": R("B", V("k"), V("j")),
-                    },
-                },
-            },
-            {
-                "name": "D",
-                "shape": [4, 6],
-                "dtype": "float32",
-                "axes": ["x", "y"],
-                "body": {
-                    "op": "max",
-                    "a": {"op": "add", "a": R("C", V("x"), V("y")), "b": R("bias", V("y"))},
-                    "b": F(0.0),
-                },
-            },
-        ],
-        "outputs": ["D"],
-        "args": ["A", "B", "bias", "D"],
-    }
-
+from tests.wire_support import F, I, R, V, base
 
 _STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 

@@ -19,6 +19,7 @@ from autosched import zoo
 from autosched.errors import WireFormatError
 from autosched.wire import Workload, deserialize, serialize
 from autosched.wire.ops import BINARY_OPS, DTYPES, INTRINSICS, REDUCERS, UNARY_OPS
+from tests.wire_support import base
 
 # AUTOSCHED_FUZZ_EXAMPLES=20000 for a deeper run; CI keeps the default small and fast.
 FUZZ = settings(
@@ -184,8 +185,6 @@ def _typed(draw: st.DrawFn, dtype: str, depth: int = 0) -> dict[str, Any]:
 @FUZZ
 @given(st.sampled_from(["float32", "float16", "float64", "int32", "int8", "bool"]), st.data())
 def test_well_typed_bodies(dtype: str, data: st.DataObject) -> None:
-    from test_wire_errors import base
-
     doc = base()
     doc["stages"][1]["dtype"] = dtype
     doc["stages"][1]["body"] = data.draw(_typed(dtype))
@@ -208,8 +207,6 @@ def _must_only_raise_wire_format_error(doc: Any) -> None:
 
 
 def _valid_docs() -> list[dict[str, Any]]:
-    from test_wire_errors import base
-
     docs = [base()]
     for name in ("matmul_awkward", "max_pool", "softmax", "dense_bias_relu"):
         docs.append(serialize(zoo.tensors(name), name))

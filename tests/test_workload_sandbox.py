@@ -11,30 +11,16 @@ from typing import Any
 
 import psutil
 import pytest
-from tvm import te
 
 from autosched.errors import WireFormatError
 from autosched.hardware import HardwareParams, detect_hardware
 from autosched.service import workload_sandbox as ws
-from autosched.wire import Workload, serialize
+from autosched.wire import Workload
 from tests.api_support import matmul
+from tests.kernels import chain
 
 HW = detect_hardware()
 OTHER_HW = HardwareParams(4, 256, 32768, 524288, 8388608, "haswell")
-
-
-def chain(stages: int) -> dict[str, Any]:
-    """A valid but slow declaration: a long elementwise chain (~2.5 ms a stage to analyse,
-    ~17 ms with the static schedule's trace)."""
-    a = te.placeholder((64, 64), "float32", name="A")
-    x = a
-    for i in range(stages):
-        x = _step(x, i)
-    return serialize([a, x], "chain")
-
-
-def _step(x: te.Tensor, i: int) -> te.Tensor:
-    return te.compute((64, 64), lambda p, q: x[p, q] * 2.0 + 1.0, name=f"s{i}")
 
 
 def sandbox_children() -> list[psutil.Process]:

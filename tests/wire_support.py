@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import tvm
 import tvm_ffi
 from tvm import tirx
@@ -43,3 +45,66 @@ def block_annotations(func: tirx.PrimFunc) -> dict[str, dict[str, object]]:
 
     tvm_ffi.structural_walk(func, (tvm.s_tir.SBlock, visit))
     return out
+
+
+# Expression builders and a small valid document, as a client would write them.
+
+
+def V(name: str) -> dict[str, Any]:
+    return {"op": "var", "name": name}
+
+
+def R(tensor: str, *indices: dict[str, Any]) -> dict[str, Any]:
+    return {"op": "read", "tensor": tensor, "indices": list(indices)}
+
+
+def F(value: float | str, dtype: str = "float32") -> dict[str, Any]:
+    return {"op": "float", "value": value, "dtype": dtype}
+
+
+def I(value: int, dtype: str = "int32") -> dict[str, Any]:  # noqa: E743
+    return {"op": "int", "value": value, "dtype": dtype}
+
+
+def base() -> dict[str, Any]:
+    """D = relu(A @ B + bias), as a client would write it (defaults left out)."""
+    return {
+        "format_version": 1,
+        "name": "mm_relu",
+        "placeholders": [
+            {"name": "A", "shape": [4, 8], "dtype": "float32"},
+            {"name": "B", "shape": [8, 6], "dtype": "float32"},
+            {"name": "bias", "shape": [6], "dtype": "float32"},
+        ],
+        "stages": [
+            {
+                "name": "C",
+                "shape": [4, 6],
+                "dtype": "float32",
+                "axes": ["i", "j"],
+                "body": {
+                    "op": "reduce",
+                    "reducer": "sum",
+                    "axes": [{"name": "k", "extent": 8}],
+                    "source": {
+                        "op": "mul",
+                        "a": R("A", V("i"), V("k")),
+                        "b": R("B", V("k"), V("j")),
+                    },
+                },
+            },
+            {
+                "name": "D",
+                "shape": [4, 6],
+                "dtype": "float32",
+                "axes": ["x", "y"],
+                "body": {
+                    "op": "max",
+                    "a": {"op": "add", "a": R("C", V("x"), V("y")), "b": R("bias", V("y"))},
+                    "b": F(0.0),
+                },
+            },
+        ],
+        "outputs": ["D"],
+        "args": ["A", "B", "bias", "D"],
+    }

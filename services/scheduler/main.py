@@ -26,7 +26,8 @@ from autosched.db.session import session_factory, session_scope, upgrade_databas
 from autosched.logs import configure_logging
 from autosched.service.dispatch import DeviceGate
 from autosched.service.farm import reap_silent_workers
-from autosched.service.job_runner import ACTIVE_JOB_STATES, run_job
+from autosched.service.job_runner import run_job
+from autosched.service.job_state import ACTIVE_JOB_STATES
 from autosched.settings import Settings, get_settings
 
 log = logging.getLogger("autosched.scheduler")

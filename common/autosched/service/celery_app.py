@@ -16,12 +16,6 @@ from celery import Celery
 
 from autosched.settings import Settings, get_settings
 
-# One batch is bounded by the sandbox timeouts (30 s per build, 10 s per run, a reference
-# once per workload); these limits only apply under a pool that enforces them (prefork),
-# the workers' solo pool relies on the sandboxes.
-TASK_SOFT_TIME_LIMIT_S = 1800
-TASK_TIME_LIMIT_S = 1900
-
 
 def _transport_options(settings: Settings) -> dict[str, Any]:
     if settings.embedded:
@@ -46,9 +40,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_max_tasks_per_child=1000,
-        task_soft_time_limit=TASK_SOFT_TIME_LIMIT_S,
-        task_time_limit=TASK_TIME_LIMIT_S,
+        # No task time limits or max-tasks-per-child: the workers' solo pool enforces neither.
+        # A batch is bounded by its sandboxes instead (build and run timeouts, rlimits).
         broker_connection_retry_on_startup=True,
         broker_transport_options=_transport_options(settings),
         # A broker blip while the scheduler sends a batch: keep trying a while before the

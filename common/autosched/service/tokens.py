@@ -113,8 +113,3 @@ def revoke_token(session: Session, token_id: int) -> ApiToken:
     row.revoked = True
     session.flush()
     return row
-
-
-def list_tokens(session: Session) -> list[ApiToken]:
-    """Every token (hashes only; the plaintexts were never stored)."""
-    return list(session.scalars(select(ApiToken).order_by(ApiToken.id)))

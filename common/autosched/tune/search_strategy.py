@@ -43,9 +43,6 @@ class SearchStrategy(ABC):
             self.measured[digest] = (config, result.latency)
             self.proposed.add(digest)
 
-    def is_fresh(self, config: Config) -> bool:
-        return config_digest(config) not in self.proposed
-
     def take(self, config: Config) -> bool:
         """Reserve ``config`` if it has never been proposed; return whether it was fresh."""
         digest = config_digest(config)

@@ -6,14 +6,12 @@ is the baseline and ``XGBModel`` the learned model (gradient-boosted trees on co
 
 from autosched.tune.cost_model.cost_model import CostModel, RandomModel, normalized_throughput
 from autosched.tune.cost_model.features import (
-    CombinedFeatures,
     KnobFeatures,
     StoreFeatures,
 )
 from autosched.tune.cost_model.xgb_model import XGBModel
 
 __all__ = [
-    "CombinedFeatures",
     "CostModel",
     "KnobFeatures",
     "RandomModel",

@@ -1,6 +1,6 @@
 """Fixed-length feature vectors for the configs of one template.
 
-Three extractors, all callables ``(template, configs) -> float array (n_configs, n_features)``
+Two extractors, both callables ``(template, configs) -> float array (n_configs, n_features)``
 with a fixed width per template:
 
 - ``KnobFeatures`` (the default): straight from the config, no TVM. Per knob, in template
@@ -12,7 +12,6 @@ with a fixed width per template:
 - ``StoreFeatures``: applies the config and runs TVM MetaSchedule's ``PerStoreFeature`` on the
   schedule (164 features per store block), pooled over blocks by sum, max and mean (492).
   It needs the PrimFunc, hence a resolver from the template's workload key.
-- ``CombinedFeatures``: both, concatenated.
 
 Measured on ``tests/data/cost_model_records.jsonl`` (120 random configs each of matmul_512,
 conv2d_resnet_c2, softmax; XGBModel defaults; mean over 5 random 70/30 splits; Kendall tau /
@@ -25,7 +24,8 @@ recall of the true best 10% among the predicted best 10%):
     knob+store   0.31 / 0.15   0.25 / 0.05        0.76 / 0.55  0.44 / 0.25  ~30 ms
 
 (store: ~28 ms to apply the config, ~5 ms to extract.) Knob features rank best and cost
-nothing, so they are the default.
+nothing, so they are the default (and adding store features to them, knob+store, gains
+nothing).
 """
 
 from __future__ import annotations
@@ -182,17 +182,4 @@ class StoreFeatures:
         return out
 
 
-class CombinedFeatures:
-    """Knob features followed by per-store features."""
-
-    name = "knob+store"
-
-    def __init__(self, resolve: Callable[[str], tuple[Any, Any]]) -> None:
-        self.knob = KnobFeatures()
-        self.store = StoreFeatures(resolve)
-
-    def __call__(self, template: Template, configs: list[Config]) -> np.ndarray:
-        return np.hstack([self.knob(template, configs), self.store(template, configs)])
-
-
-FeatureExtractor = KnobFeatures | StoreFeatures | CombinedFeatures
+FeatureExtractor = KnobFeatures | StoreFeatures
