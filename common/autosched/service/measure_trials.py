@@ -112,6 +112,12 @@ def measure_inputs(
     return [MeasureInput(wires[t.workload_key], t.config, hardware) for t in trials]
 
 
+def worker_hardware(session: Session, worker_id: str) -> tuple[dict[str, Any], str] | None:
+    """The registered worker's hardware document and device key (None: not registered)."""
+    worker = session.get(Worker, worker_id)
+    return None if worker is None else (dict(worker.hardware), worker.device_key)
+
+
 def _measure_trials(
     factory: sessionmaker[Session],
     trial_ids: Sequence[int],
@@ -119,12 +125,12 @@ def _measure_trials(
     measurer: Measurer,
 ) -> int:
     with session_scope(factory) as session:
-        worker = session.get(Worker, worker_id)
-        if worker is None:
+        registered = worker_hardware(session, worker_id)
+        if registered is None:
             # Nothing claimed: the trials stay queued for a registered worker.
             log.error("worker %s is not registered; skipping trials %s", worker_id, trial_ids)
             return 0
-        hardware, device_key = dict(worker.hardware), worker.device_key
+        hardware, device_key = registered
         claimed = claim_trials(session, trial_ids, worker_id)
     if not claimed:
         log.info("trials %s already claimed or finished; nothing to measure", list(trial_ids))

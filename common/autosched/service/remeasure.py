@@ -15,9 +15,14 @@ from collections.abc import Sequence
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from autosched.db.models import Trial, Worker, utcnow
+from autosched.db.models import Trial, utcnow
 from autosched.db.session import session_scope
-from autosched.service.measure_trials import batch_log_context, measure_inputs, offer_fastest
+from autosched.service.measure_trials import (
+    batch_log_context,
+    measure_inputs,
+    offer_fastest,
+    worker_hardware,
+)
 from autosched.tune.measure import Measurer
 from autosched.tune.trial import TrialStatus
 from autosched.vocabulary import TrialState
@@ -46,11 +51,11 @@ def _remeasure(
     rounds: int,
 ) -> int:
     with session_scope(factory) as session:
-        worker = session.get(Worker, worker_id)
-        if worker is None:
+        registered = worker_hardware(session, worker_id)
+        if registered is None:
             log.error("worker %s is not registered; not re-measuring %s", worker_id, trial_ids)
             return 0
-        hardware, device_key = dict(worker.hardware), worker.device_key
+        hardware, device_key = registered
         trials = list(
             session.scalars(
                 select(Trial)
