@@ -30,9 +30,7 @@ def test_export_analyze_schedule(tmp_path):
         assert expected in analyzed.stdout
 
     trace_path = tmp_path / "trace.json"
-    scheduled = _autosched(
-        "schedule", str(path), "--static", "--trace-out", str(trace_path), cwd=tmp_path
-    )
+    scheduled = _autosched("schedule", str(path), "--trace-out", str(trace_path), cwd=tmp_path)
     assert scheduled.returncode == 0, scheduled.stderr
     assert "T.parallel" in scheduled.stdout and "T.vectorized" in scheduled.stdout
     doc = json.loads((tmp_path / "cbr.config.json").read_text())

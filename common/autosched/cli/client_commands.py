@@ -1,253 +1,50 @@
-"""The ``autosched`` command line: inspect, analyze and statically schedule workloads."""
+"""The client commands: ``submit``, ``jobs``, ``watch``, ``fetch``, ``workers``, ``token``.
+
+They talk to the service's REST API through ``autosched.client.Client``, built in one place
+(``make_client``, which the package re-exports as ``autosched.cli.make_client`` so that tests
+can replace it), and turn an API failure into one red line and exit status 1.
+``token create --direct`` is the exception: an operator on the server writes the token
+straight into the service database (e.g. the first admin token).
+"""
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, get_args
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from autosched.cli.output import _age, _ms, _num, _state, console, err_console
+from autosched.cli.workload import WorkloadPath, _load
 from autosched.errors import AutoschedError
 from autosched.schemas import JobDetail, JobView, Scope, Strategy
 
 if TYPE_CHECKING:
     from autosched.client import Client
 
-app = typer.Typer(help="Auto-scheduling for TVM compute declarations.", no_args_is_help=True)
-# Wide enough for the analysis table when piped (rich assumes 80 columns off a terminal).
-console = Console(width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True)
-WorkloadPath = Annotated[Path, typer.Argument(help="A compute declaration in the wire format")]
 
-
-def _load(path: Path):
-    from autosched.wire import load_workload
-
-    try:
-        return load_workload(path)
-    except (AutoschedError, OSError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
-
-
-@app.command()
-def zoo() -> None:
-    """List the example kernels."""
-    from autosched import zoo as kernels
-
-    table = Table("name", "family", "description")
-    for name in kernels.names():
-        entry = kernels.get(name)
-        table.add_row(name, entry.family, entry.description)
-    console.print(table)
-
-
-@app.command()
-def export(
-    name: str,
-    output: Annotated[Path | None, typer.Option("-o", help="Write here, not stdout")] = None,
-) -> None:
-    """Write a zoo kernel as a wire-format JSON document."""
-    from autosched import zoo as kernels
-    from autosched.wire import serialize
-
-    try:
-        doc = serialize(kernels.tensors(name), name=name)
-    except AutoschedError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
-    text = json.dumps(doc, indent=1)
-    if output:
-        output.write_text(text)
-    else:
-        sys.stdout.write(text + "\n")
-
-
-@app.command()
-def analyze(workload: WorkloadPath) -> None:
-    """Print every stage's iteration kinds, meta-template (and why), producers, consumers."""
-    from autosched.analysis import analyze as analyze_func
-
-    wl = _load(workload)
-    console.print(f"workload [bold]{wl.name}[/bold]  key {wl.key}")
-    table = Table("stage", "iters", "extents", "meta-template", "why", "producers", "consumers")
-    for s in analyze_func(wl.prim_func):
-        table.add_row(
-            s.name,
-            s.iter_kinds,
-            "x".join(map(str, s.extents)),
-            str(s.meta_template),
-            s.reason,
-            ", ".join(s.producers) or "-",
-            ", ".join(s.consumers) or "-",
-        )
-    console.print(table)
-
-
-@app.command()
-def schedule(
-    workload: WorkloadPath,
-    static: Annotated[bool, typer.Option("--static", help="Fill knobs from hardware only")] = True,
-    config_out: Annotated[
-        Path | None, typer.Option("--config-out", help="Config JSON path (default: beside input)")
-    ] = None,
-    trace_out: Annotated[Path | None, typer.Option(help="Also write the TVM trace JSON")] = None,
-) -> None:
-    """Schedule a workload statically: print the scheduled TIR and write the config."""
-    from autosched.analysis import analyze as analyze_func
-    from autosched.hardware import detect_hardware
-    from autosched.schedule import apply_config, build_template, static_config, trace_json
-
-    if not static:
-        console.print("[red]error:[/red] only --static scheduling exists so far (tuning: later)")
-        raise typer.Exit(2)
-    wl = _load(workload)
-    hw = detect_hardware()
-    stages = analyze_func(wl.prim_func)
-    template = build_template(wl.prim_func, hw, stages)
-    config = static_config(wl.prim_func, hw, stages)
-    try:
-        sch = apply_config(wl.prim_func, config, hw, template, stages)
-    except AutoschedError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(1) from err
-    sys.stdout.write(sch.mod.script() + "\n")
-    doc = {
-        "workload_key": wl.key,
-        "hardware": hw.to_json(),
-        "template": template.to_json(),
-        "config": config.to_json(),
-    }
-    out = config_out or workload.with_suffix(".config.json")
-    out.write_text(json.dumps(doc, indent=1))
-    console.print(f"config written to {out}", style="green")
-    if trace_out:
-        trace_out.write_text(json.dumps(trace_json(sch)))
-        console.print(f"trace written to {trace_out}", style="green")
-
-
-@app.command()
-def tune(
-    workload: WorkloadPath,
-    trials: Annotated[int, typer.Option("--trials", min=1, help="Trial budget (total)")] = 64,
-    records: Annotated[
-        Path | None, typer.Option(help="Records file (default: WORKLOAD.records.jsonl)")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume/--fresh", help="Continue from existing records")
-    ] = True,
-    threads: Annotated[int | None, typer.Option(help="TVM_NUM_THREADS for measurement")] = None,
-    strategy: Annotated[str, typer.Option(help="evolutionary or random")] = "evolutionary",
-    seed: int = 0,
-    config_out: Annotated[Path | None, typer.Option(help="Best config JSON path")] = None,
-) -> None:
-    """Tune a workload: build and measure candidates, print progress and the best config."""
-    import math
-    import os
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from autosched.hardware import detect_hardware
-    from autosched.tune.database import JSONDatabase
-    from autosched.tune.tune import tune as run_tune
-
-    if strategy not in ("evolutionary", "random"):
-        console.print(f"[red]error:[/red] unknown strategy {strategy!r}")
-        raise typer.Exit(2)
-    if threads:
-        os.environ["TVM_NUM_THREADS"] = str(threads)
-    wl = _load(workload)
-    records = records or workload.with_suffix(".records.jsonl")
-    if not resume and records.exists():
-        records.unlink()
-    hw = detect_hardware(num_cores=threads) if threads else detect_hardware()
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("best {task.fields[gflops]:.1f} GFLOP/s  errors {task.fields[errors]}"),
-    )
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task(wl.name, total=trials, gflops=0.0, errors=0)
-
-        def on_batch(p) -> None:
-            bar.update(
-                task, completed=p.trials_done, gflops=p.best_gflops, errors=sum(p.errors.values())
-            )
-
-        result = run_tune(
-            wl,
-            trials,
-            hw=hw,
-            strategy=strategy,  # type: ignore[arg-type]
-            database=JSONDatabase(records),
-            seed=seed,
-            on_batch=on_batch,
-        )
-    statuses: dict[str, int] = {}
-    for r in result.history:
-        statuses[str(r.result.status)] = statuses.get(str(r.result.status), 0) + 1
-    console.print(
-        f"{len(result.history)} trials measured now, {result.resumed_trials} from records; "
-        f"statuses {statuses}"
-    )
-    if result.best_config is None or not math.isfinite(result.best_latency):
-        console.print("[red]no verified config[/red]")
-        raise typer.Exit(1)
-    from autosched.analysis import flops
-
-    gflops = flops(wl.prim_func) / result.best_latency / 1e9
-    console.print(f"best: {result.best_latency * 1e3:.4f} ms ({gflops:.1f} GFLOP/s), verified")
-    out = config_out or workload.with_suffix(".best.json")
-    out.write_text(
-        json.dumps(
-            {
-                "workload_key": result.workload_key,
-                "target": result.target,
-                "latency": result.best_latency,
-                "config": result.best_config.to_json(),
-            },
-            indent=1,
-        )
-    )
-    console.print(f"best config written to {out}", style="green")
-
-
-# Service commands: talk to the API through autosched.client (one factory, so tests can mock).
+def register(app: typer.Typer) -> None:
+    """Add the client commands (and the ``token`` group) to the ``autosched`` app."""
+    app.command()(submit)
+    app.command()(jobs)
+    app.command()(watch)
+    app.command()(fetch)
+    app.command()(workers)
+    app.add_typer(token_app, name="token")
 
 
 @dataclass(frozen=True)
 class ApiOptions:
+    """The app's global ``--url`` and ``--token`` (the context object of every command)."""
+
     url: str | None = None
     token: str | None = None
-
-
-@app.callback()
-def main(
-    ctx: typer.Context,
-    url: Annotated[
-        str | None,
-        typer.Option("--url", envvar="AUTOSCHED_API_URL", help="API base URL", show_default=False),
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            "--token", envvar="AUTOSCHED_API_TOKEN", help="Bearer token", show_default=False
-        ),
-    ] = None,
-) -> None:
-    """Auto-scheduling for TVM compute declarations."""
-    ctx.obj = ApiOptions(url, token)
 
 
 def make_client(url: str | None = None, token: str | None = None) -> Client:
@@ -258,8 +55,11 @@ def make_client(url: str | None = None, token: str | None = None) -> Client:
 
 
 def _client(ctx: typer.Context) -> Client:
+    # Looked up on the package at call time: ``autosched.cli.make_client`` is what tests replace.
+    from autosched import cli
+
     opts = ctx.find_object(ApiOptions) or ApiOptions()
-    return make_client(opts.url, opts.token)
+    return cli.make_client(opts.url, opts.token)
 
 
 @contextmanager
@@ -277,39 +77,12 @@ def _api_errors() -> Iterator[None]:
         raise typer.Exit(1) from err
 
 
-def _num(value: float | None, fmt: str = ".1f") -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1e3:.4f} ms"
-
-
-def _age(when: datetime | None) -> str:
-    if when is None:
-        return "-"
-    when = when if when.tzinfo else when.replace(tzinfo=UTC)
-    secs = max(0, int((datetime.now(UTC) - when).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{secs // size}{unit}"
-    return f"{secs}s"
-
-
 def _speedup(job: JobView) -> float | None:
     """All workloads' static latency over their tuned one (None until each has both)."""
     pairs = [(w.static_latency, w.best_latency) for w in job.workloads]
     if not pairs or any(s is None or b is None or b <= 0 for s, b in pairs):
         return None
     return sum(s for s, _ in pairs) / sum(b for _, b in pairs)  # type: ignore[misc]
-
-
-_STATE_STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
-
-
-def _state(state: str) -> str:
-    style = _STATE_STYLE.get(state)
-    return f"[{style}]{state}[/{style}]" if style else state
 
 
 def _watch(client: Client, job_id: int) -> JobDetail:
@@ -341,6 +114,7 @@ def _watch(client: Client, job_id: int) -> JobDetail:
 
 
 def _summary(job: JobDetail) -> None:
+    """A finished job: one line of totals, its error if any, and a table of its workloads."""
     errors = ", ".join(f"{k} {v}" for k, v in job.errors.items() if v) or "none"
     console.print(
         f"job {job.id} {_state(job.state)}: {job.trials_done}/{job.trials_total} trials, "
@@ -368,7 +142,6 @@ def _end_of_watch(detail: JobDetail) -> None:
         raise typer.Exit(1)
 
 
-@app.command()
 def submit(
     ctx: typer.Context,
     workload: WorkloadPath,
@@ -406,7 +179,6 @@ def submit(
             _end_of_watch(_watch(client, job.id))
 
 
-@app.command()
 def jobs(
     ctx: typer.Context,
     state: Annotated[str | None, typer.Option(help="Only jobs in this state")] = None,
@@ -433,7 +205,6 @@ def jobs(
     console.print(table)
 
 
-@app.command()
 def watch(ctx: typer.Context, job: Annotated[int, typer.Argument(help="Job id")]) -> None:
     """Follow a job with a progress bar until it ends; exit 1 unless it succeeded."""
     with _api_errors(), _client(ctx) as client:
@@ -445,7 +216,6 @@ def watch(ctx: typer.Context, job: Annotated[int, typer.Argument(help="Job id")]
     _end_of_watch(detail)
 
 
-@app.command()
 def fetch(
     ctx: typer.Context,
     workload: WorkloadPath,
@@ -482,7 +252,6 @@ def fetch(
         console.print(f"built for {view.hardware.get('mcpu')}, written to {out}", style="green")
 
 
-@app.command()
 def workers(ctx: typer.Context) -> None:
     """List the registered workers of the device farm."""
     with _api_errors(), _client(ctx) as client:
@@ -505,7 +274,6 @@ def workers(ctx: typer.Context) -> None:
 
 
 token_app = typer.Typer(help="API tokens (admin).", no_args_is_help=True)
-app.add_typer(token_app, name="token")
 ScopeChoice = StrEnum("ScopeChoice", {s: s for s in get_args(Scope)})  # type: ignore[misc]
 
 
@@ -564,22 +332,3 @@ def token_create(
         "it is shown once: store it now"
     )
     typer.echo(created.token)
-
-
-#: Entry points (pyproject.toml) that add the processes' commands: ``api``, ``scheduler``,
-#: ``up``, ``down`` and ``db`` (``services.cli``) and ``worker`` (``workers.cli``). The
-#: library names none of those packages; an installed distribution declares them.
-COMMANDS_ENTRY_POINTS = "autosched.commands"
-
-
-def _register_server_commands() -> None:
-    from importlib.metadata import entry_points
-
-    for entry_point in sorted(entry_points(group=COMMANDS_ENTRY_POINTS), key=lambda e: e.name):
-        entry_point.load()(app)
-
-
-_register_server_commands()
-
-if __name__ == "__main__":
-    app()

@@ -1,0 +1,43 @@
+"""How the ``autosched`` commands print: the consoles and the formatting of values in tables.
+
+Shared by the library commands (``library.py``) and the client commands
+(``client_commands.py``); nothing here reads input or talks to the API.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+
+from rich.console import Console
+
+# Wide enough for the analysis table when piped (rich assumes 80 columns off a terminal).
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True)
+
+
+def _num(value: float | None, fmt: str = ".1f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.4f} ms"
+
+
+def _age(when: datetime | None) -> str:
+    if when is None:
+        return "-"
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    secs = max(0, int((datetime.now(UTC) - when).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+_STATE_STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
+
+
+def _state(state: str) -> str:
+    style = _STATE_STYLE.get(state)
+    return f"[{style}]{state}[/{style}]" if style else state
