@@ -1,23 +1,19 @@
-"""Reference implementations and timers for the kernel-zoo benchmarks.
+"""Reference implementations of the kernel zoo: what every schedule is compared against.
 
 For every zoo kernel this module has a PyTorch CPU implementation and, for the matmul-like
 kernels, a numpy (BLAS) one. All take numpy inputs in the zoo's argument order (the
-placeholders, in order) and return the output as numpy, so they double as numerical oracles
-for the TVM builds. It also builds the *unscheduled* PrimFunc ("naive TVM") and times
-TVM, torch and numpy callables the same way: warm up, then report the median of several
-repeats, because timings on the shared 2-core machines are noisy.
+placeholders, in order), so they serve both as speed baselines and, through the tests, as
+numerical oracles that agree with the unscheduled TVM builds. It also makes the random
+inputs and states how close two fp32 implementations of a kernel must agree
+(``assert_close``). Building, running and timing live in ``bench.harness``.
 
-torch is optional: everything that needs it imports it lazily, so the TVM/numpy parts work
+torch is optional: everything that needs it imports it lazily, so the numpy parts work
 without the ``bench`` extra installed.
 """
 
 from __future__ import annotations
 
-import os
-import statistics
-import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,56 +35,14 @@ def is_matmul_like(name: str) -> bool:
     return name.startswith("matmul_") or name in MATMUL_LIKE
 
 
-def num_threads() -> int:
-    """Thread count for every backend: TVM_NUM_THREADS if set, else the visible cores."""
-    env = os.environ.get("TVM_NUM_THREADS")
-    if env and env.isdigit() and int(env) > 0:
-        return int(env)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def setup_threads() -> int:
-    """Pin TVM and torch to the same thread count; call before the first TVM parallel call.
-
-    TVM reads TVM_NUM_THREADS lazily on its first parallel region and defaults to 1 thread on
-    these machines, so it must be exported before anything runs.
-    """
-    n = num_threads()
-    os.environ.setdefault("TVM_NUM_THREADS", str(n))
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except ImportError:
-        pass
-    return n
-
-
 # --------------------------------------------------------------------------------------
-# Inputs and output specs
+# Inputs
 # --------------------------------------------------------------------------------------
-
-
-def _num_inputs(name: str) -> int:
-    # The zoo lists placeholders first and outputs last; every zoo kernel has one output.
-    return len(zoo.tensors(name)) - 1
 
 
 def input_specs(name: str) -> list[tuple[tuple[int, ...], str]]:
     ts = zoo.tensors(name)[:-1]
     return [(tuple(int(d) for d in t.shape), str(t.dtype)) for t in ts]
-
-
-def output_specs(func: tvm.tirx.PrimFunc, num_inputs: int) -> list[tuple[tuple[int, ...], str]]:
-    """Shapes and dtypes of the outputs: the PrimFunc params after the inputs."""
-    specs = []
-    for param in list(func.params)[num_inputs:]:
-        # In TVM 0.27 a PrimFunc param is a buffer-typed Var carrying shape and dtype itself;
-        # older TVMs kept them in func.buffer_map.
-        buf_map = getattr(func, "buffer_map", None)
-        buf = buf_map[param] if buf_map is not None else param
-        specs.append((tuple(int(d) for d in buf.shape), str(buf.dtype)))
-    return specs
 
 
 def random_inputs(name: str, seed: int = 0) -> list[np.ndarray]:
@@ -233,7 +187,7 @@ def torch_fn(name: str) -> Callable[..., torch.Tensor]:
     return fns[name]
 
 
-def _to_torch(inputs: Sequence[Any]) -> list[torch.Tensor]:
+def to_torch(inputs: Sequence[Any]) -> list[torch.Tensor]:
     import torch
 
     # from_numpy shares memory: no copy inside or outside the timed region.
@@ -241,235 +195,6 @@ def _to_torch(inputs: Sequence[Any]) -> list[torch.Tensor]:
         torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
         for x in inputs
     ]
-
-
-def run_torch(name: str, inputs: Sequence[np.ndarray]) -> np.ndarray:
-    """Run the torch baseline of a zoo kernel: numpy in, numpy out."""
-    import torch
-
-    with torch.inference_mode():
-        return torch_fn(name)(*_to_torch(inputs)).numpy()
-
-
-def run_numpy(name: str, inputs: Sequence[np.ndarray]) -> np.ndarray:
-    fn = numpy_fn(name)
-    if fn is None:
-        raise KeyError(f"no numpy baseline for zoo kernel {name!r}")
-    return np.asarray(fn(*inputs))
-
-
-# --------------------------------------------------------------------------------------
-# TVM: target, naive build, run
-# --------------------------------------------------------------------------------------
-
-
-def default_target() -> tvm.target.Target:
-    # Target strings ("llvm -mcpu=...") are rejected by TVM 0.27 and mcpu=native is not
-    # accepted by the wheel's triple, so name the host CPU explicitly.
-    return tvm.target.Target(
-        {
-            "kind": "llvm",
-            "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
-            "num-cores": num_threads(),
-        }
-    )
-
-
-def build(func_or_mod: tvm.tirx.PrimFunc | tvm.IRModule, target: tvm.target.Target | None = None):
-    mod = (
-        func_or_mod
-        if isinstance(func_or_mod, tvm.IRModule)
-        else tvm.IRModule({"main": func_or_mod})
-    )
-    return tvm.compile(mod, target=target or default_target())
-
-
-def tvm_naive(name: str, target: tvm.target.Target | None = None):
-    """Build the zoo kernel's PrimFunc with no schedule at all (the speedup denominator)."""
-    return build(zoo.prim_func(name), target)
-
-
-def _runtime_module(executable_or_module: Any) -> Any:
-    # tvm.compile returns a tvm.runtime.Executable whose .mod is the runtime Module.
-    return getattr(executable_or_module, "mod", executable_or_module)
-
-
-def _make_args(
-    inputs: Sequence[np.ndarray], out_shapes: Sequence[tuple[tuple[int, ...], str]]
-) -> list[Any]:
-    dev = tvm.cpu()
-    args = [tvm.runtime.tensor(np.ascontiguousarray(x), dev) for x in inputs]
-    args += [tvm.runtime.tensor(np.zeros(shape, dtype), dev) for shape, dtype in out_shapes]
-    return args
-
-
-def run_tvm(
-    executable_or_module: Any,
-    inputs: Sequence[np.ndarray],
-    out_shapes: Sequence[tuple[tuple[int, ...], str]],
-) -> list[np.ndarray]:
-    """Run a built kernel once and return its outputs as numpy arrays."""
-    args = _make_args(inputs, out_shapes)
-    _runtime_module(executable_or_module)["main"](*args)
-    return [a.numpy() for a in args[len(inputs) :]]
-
-
-Stat = str  # "median" (the default everywhere) or "min"
-
-
-def summarize(samples: Sequence[float], stat: Stat = "median") -> float:
-    """Reduce per-call timings: the median, or the min (the least disturbed by other load)."""
-    if stat == "median":
-        return float(statistics.median(samples))
-    if stat == "min":
-        return float(min(samples))
-    raise ValueError(f"unknown statistic {stat!r}; use 'median' or 'min'")
-
-
-def tvm_samples(
-    executable_or_module: Any,
-    inputs: Sequence[np.ndarray],
-    out_shapes: Sequence[tuple[tuple[int, ...], str]],
-    *,
-    number: int = 1,
-    repeat: int = 10,
-    min_repeat_ms: int = 50,
-) -> list[float]:
-    """Seconds per call of a built TVM kernel, one sample per repeat.
-
-    time_evaluator runs one untimed warm-up call itself. Before each repeat f_preproc flushes
-    the CPU caches of every argument except the first, the convention for NN layers (the
-    activation arrives hot from the previous layer, the weights are cold); within a repeat
-    the ``number`` calls run back to back on warm caches.
-    """
-    mod = _runtime_module(executable_or_module)
-    args = _make_args(inputs, out_shapes)
-    timer = mod.time_evaluator(
-        "main",
-        tvm.cpu(),
-        number=number,
-        repeat=repeat,
-        min_repeat_ms=min_repeat_ms,
-        f_preproc="cache_flush_cpu_non_first_arg",
-    )
-    return [float(x) for x in timer(*args).results]
-
-
-def time_tvm(
-    executable_or_module: Any,
-    inputs: Sequence[np.ndarray],
-    out_shapes: Sequence[tuple[tuple[int, ...], str]],
-    *,
-    number: int = 1,
-    repeat: int = 10,
-    min_repeat_ms: int = 50,
-    stat: Stat = "median",
-) -> float:
-    """Median (or min) seconds per call of a built TVM kernel; see tvm_samples."""
-    samples = tvm_samples(
-        executable_or_module,
-        inputs,
-        out_shapes,
-        number=number,
-        repeat=repeat,
-        min_repeat_ms=min_repeat_ms,
-    )
-    return summarize(samples, stat)
-
-
-# --------------------------------------------------------------------------------------
-# Python-side timers (torch, numpy)
-# --------------------------------------------------------------------------------------
-
-
-def _sample_callable(
-    call: Callable[[], Any], *, repeat: int, min_repeat_ms: float, warmup: int, ctx: Any
-) -> list[float]:
-    with ctx:
-        for _ in range(warmup):
-            call()
-        # Calibrate how many calls one repeat needs so that short kernels are not dominated
-        # by timer resolution and Python overhead variance.
-        t0 = time.perf_counter()
-        call()
-        once = max(time.perf_counter() - t0, 1e-7)
-        number = max(1, int(np.ceil(min_repeat_ms / 1e3 / once)))
-        samples = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            for _ in range(number):
-                call()
-            samples.append((time.perf_counter() - t0) / number)
-    return samples
-
-
-def torch_samples(
-    fn: Callable[..., Any],
-    inputs: Sequence[Any],
-    *,
-    repeat: int = 10,
-    min_repeat_ms: float = 50,
-    warmup: int = 3,
-) -> list[float]:
-    """Seconds per call of a torch callable on (numpy or torch) inputs, one per repeat."""
-    import torch
-
-    args = _to_torch(inputs)
-    # Several warm-up calls: oneDNN picks and caches its kernels on the first calls.
-    return _sample_callable(
-        lambda: fn(*args),
-        repeat=repeat,
-        min_repeat_ms=min_repeat_ms,
-        warmup=warmup,
-        ctx=torch.inference_mode(),
-    )
-
-
-def time_torch(
-    fn: Callable[..., Any],
-    inputs: Sequence[Any],
-    *,
-    repeat: int = 10,
-    min_repeat_ms: float = 50,
-    warmup: int = 3,
-    stat: Stat = "median",
-) -> float:
-    """Median (or min) seconds per call of a torch callable, under torch.inference_mode."""
-    samples = torch_samples(fn, inputs, repeat=repeat, min_repeat_ms=min_repeat_ms, warmup=warmup)
-    return summarize(samples, stat)
-
-
-def numpy_samples(
-    fn: Callable[..., Any],
-    inputs: Sequence[np.ndarray],
-    *,
-    repeat: int = 10,
-    min_repeat_ms: float = 50,
-    warmup: int = 2,
-) -> list[float]:
-    """Seconds per call of a numpy callable, one sample per repeat."""
-    args = list(inputs)
-    return _sample_callable(
-        lambda: fn(*args),
-        repeat=repeat,
-        min_repeat_ms=min_repeat_ms,
-        warmup=warmup,
-        ctx=nullcontext(),
-    )
-
-
-def time_numpy(
-    fn: Callable[..., Any],
-    inputs: Sequence[np.ndarray],
-    *,
-    repeat: int = 10,
-    min_repeat_ms: float = 50,
-    warmup: int = 2,
-    stat: Stat = "median",
-) -> float:
-    """Median (or min) seconds per call of a numpy callable."""
-    samples = numpy_samples(fn, inputs, repeat=repeat, min_repeat_ms=min_repeat_ms, warmup=warmup)
-    return summarize(samples, stat)
 
 
 # --------------------------------------------------------------------------------------
@@ -507,25 +232,3 @@ def tolerance(name: str, expected: np.ndarray) -> tuple[float, float]:
 def assert_close(actual: np.ndarray, expected: np.ndarray, name: str) -> None:
     rtol, atol = tolerance(name, expected)
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=name)
-
-
-# Pause before each contender's samples. Three thread pools (TVM's, OpenBLAS's, torch's
-# OpenMP) share the cores, and each keeps spinning for a while after its last call: timed
-# right after TVM and numpy, torch's matmul_512 measured 2.5-8.8 ms instead of 1.25 ms. A
-# 0.2 s pause lets the spinners go to sleep (measured: back to 1.22-1.27 ms).
-SETTLE_S = 0.2
-
-
-def interleaved(
-    fns: dict[str, Callable[[], list[float]]], rounds: int, stat: Stat = "median"
-) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Run each sampler once per round, in alternating order, after a settle pause; return
-    each contender's reduced time and all its samples. Interleaving makes a burst of outside
-    load hit every contender alike instead of one."""
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(rounds):
-        order = list(fns) if i % 2 == 0 else list(reversed(fns))
-        for k in order:
-            time.sleep(SETTLE_S)
-            samples[k].extend(fns[k]())
-    return {k: summarize(v, stat) for k, v in samples.items()}, samples

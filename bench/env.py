@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import tvm
-from rich.console import Console
 
 from autosched.hardware import cpu_model
+from bench.report import make_console
 
-console = Console(width=None if sys.stdout.isatty() else 160)
+console = make_console(160)
 
 
 def torch_available() -> bool:

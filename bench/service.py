@@ -29,7 +29,6 @@ os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
-from rich.console import Console
 from rich.table import Table
 from tvm import te
 
@@ -37,8 +36,9 @@ from autosched.client import Client
 from autosched.service.embedded import EmbeddedService
 from autosched.settings import Settings
 from autosched.wire import Workload
+from bench.report import make_console
 
-console = Console(width=None if sys.stdout.isatty() else 140)
+console = make_console(140)
 
 
 def _free_port() -> int:

@@ -14,6 +14,9 @@ Run it on an otherwise idle machine: with one other busy process on the 2 cores,
 barriers wait for a descheduled thread) while TVM's timings barely move, which makes every
 baseline/static ratio look far better than it is. The script warns when the load is high.
 
+This module parses the command line and prints the tables and targets; measuring one
+kernel is in ``bench/static_kernel.py``, shared formats in ``bench/report.py``.
+
 Exit status: 0 when every static build matched the naive output (even if a performance
 target is missed), 1 when a numerical check or a static schedule/build failed.
 """
@@ -33,274 +36,63 @@ os.environ.setdefault(
 import argparse
 import json
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 # `python bench/static.py` puts bench/ (not the repo root) on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
-import tvm
-from rich.console import Console
-from rich.table import Table
-
 from autosched import zoo
-from autosched.analysis import analyze
 from autosched.hardware import cpu_target, detect_hardware
-from bench import baselines as bl
 from bench import env as benv
+from bench import harness, report
+from bench.static_kernel import Plan, Result, bench_kernel
 
-# Piped output (CI logs, `| tee`) would otherwise be cut to 80 columns and truncate the table.
-console = Console(width=None if sys.stdout.isatty() else 160)
-
-TEMPLATE_ABBREV = {
-    "direct_compute": "D",
-    "simple_reduction": "S",
-    "complex_reduction": "C",
-    "location_tunable": "L",
-}
+console = report.make_console(160)
 
 NAIVE_TARGET = 10.0  # matmul_1024 and conv2d kernels: static at least 10x the naive build
 LENET_TARGET = 1.5  # lenet: static time at most 1.5x PyTorch's
 
 
-@dataclass
-class Result:
-    kernel: str
-    family: str
-    gflop: float
-    templates: str = ""
-    naive_s: float | None = None
-    static_s: float | None = None
-    numpy_s: float | None = None
-    torch_s: float | None = None
-    schedule_s: float | None = None  # static_schedule + tvm.compile wall time
-    tuned_s: float | None = None  # best tuned config (run with --tune N)
-    tune_wall_s: float | None = None
-    tuned_check: str = "-"
-    check: str = "-"  # ok / FAIL / ERROR / -
-    error: str = ""
-    max_abs_err: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def speedup(self) -> float | None:
-        if self.naive_s and self.static_s:
-            return self.naive_s / self.static_s
-        return None
-
-    @property
-    def baseline_s(self) -> float | None:
-        return self.numpy_s if bl.is_matmul_like(self.kernel) else self.torch_s
-
-    @property
-    def vs_baseline(self) -> float | None:
-        # baseline_time / static_time: > 1 means the static schedule is faster.
-        if self.baseline_s and self.static_s:
-            return self.baseline_s / self.static_s
-        return None
-
-    @property
-    def tuned_vs_baseline(self) -> float | None:
-        if self.baseline_s and self.tuned_s:
-            return self.baseline_s / self.tuned_s
-        return None
-
-    @property
-    def gflops(self) -> float | None:
-        # Pure data movement (transpose) has no FLOPs: show "-" rather than 0.0.
-        return self.gflop / self.static_s if self.static_s and self.gflop > 0 else None
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Repeat counts; the naive builds are slow (matmul_1024: ~4 s a call)."""
-
-    naive_repeat: int
-    rounds: int  # interleaved rounds of static/numpy/torch, so noise bursts hit all alike
-    repeat: int  # repeats per round
-    min_repeat_ms: int
-
-    @classmethod
-    def make(cls, quick: bool) -> Plan:
-        return cls(1, 2, 3, 20) if quick else cls(3, 3, 5, 50)
-
-
-def bench_kernel(
-    name: str,
-    hw: Any,
-    target: tvm.target.Target,
-    plan: Plan,
-    seed: int,
-    static_schedule: Callable[..., Any],
-    stat: str = "median",
-    tune_trials: int = 0,
-    tuned_by_service: dict[str, Any] | None = None,
-) -> Result:
-    entry = zoo.get(name)
-    func = zoo.prim_func(name)
-    gflop = float(tvm.s_tir.analysis.estimate_tir_flops(tvm.IRModule({"main": func}))) / 1e9
-    res = Result(kernel=name, family=entry.family, gflop=gflop)
-    try:
-        res.templates = "".join(
-            TEMPLATE_ABBREV.get(str(s.meta_template), "?") for s in analyze(func)
-        )
-    except Exception as e:  # analysis is reported, not required, for the timings
-        res.templates = "ERR"
-        res.extra["analysis_error"] = repr(e)
-
-    inputs = bl.random_inputs(name, seed)
-    out_specs = bl.output_specs(func, len(inputs))
-
-    naive = bl.build(func, target)
-    (reference,) = bl.run_tvm(naive, inputs, out_specs)
-
-    static = None
-    try:
-        t0 = time.perf_counter()
-        sch = static_schedule(func, hw)
-        static = tvm.compile(sch.mod, target=target)
-        res.schedule_s = time.perf_counter() - t0
-        (got,) = bl.run_tvm(static, inputs, out_specs)
-        res.max_abs_err = float(np.abs(got.astype(np.float64) - reference).max())
-        bl.assert_close(got, reference, name)
-        res.check = "ok"
-    except AssertionError as e:
-        res.check = "FAIL"
-        res.error = str(e).strip().splitlines()[0] if str(e).strip() else "mismatch"
-        console.print(f"[red]FAIL[/] {name}: static output differs from naive")
-        # assert_allclose messages contain "[...]" that rich would parse as markup.
-        console.print(str(e), markup=False, highlight=False)
-    except Exception as e:
-        res.check = "ERROR"
-        res.error = f"{type(e).__name__}: {e}".splitlines()[0]
-        static = None
-        console.print(f"[red]ERROR[/] {name}: static schedule/build failed")
-        console.print(traceback.format_exc(), markup=False, highlight=False)
-
-    if tuned_by_service is not None:
-        config, res.tune_wall_s = tuned_by_service.get(name, (None, None))
-    else:
-        config = _tune(name, hw, tune_trials, res)
-    tuned = _build_tuned(name, func, hw, target, config, inputs, out_specs, reference, res)
-
-    res.naive_s = bl.time_tvm(
-        naive, inputs, out_specs, number=1, repeat=plan.naive_repeat, min_repeat_ms=0, stat=stat
-    )
-
-    timers: dict[str, Any] = {}
-    kw = {"repeat": plan.repeat, "min_repeat_ms": plan.min_repeat_ms}
-    if static is not None:
-        timers["static"] = lambda: bl.tvm_samples(static, inputs, out_specs, number=1, **kw)
-    if tuned is not None:
-        timers["tuned"] = lambda: bl.tvm_samples(tuned, inputs, out_specs, number=1, **kw)
-    np_fn = bl.numpy_fn(name)
-    if np_fn is not None:
-        timers["numpy"] = lambda: bl.numpy_samples(np_fn, inputs, **kw)
-    if benv.torch_available():
-        t_fn = bl.torch_fn(name)
-        timers["torch"] = lambda: bl.torch_samples(t_fn, inputs, **kw)
-    medians, _ = bl.interleaved(timers, plan.rounds, stat)
-    res.static_s = medians.get("static")
-    res.tuned_s = medians.get("tuned")
-    res.numpy_s = medians.get("numpy")
-    res.torch_s = medians.get("torch")
-    return res
-
-
-def _tune(name: str, hw: Any, trials: int, res: Result) -> Any:
-    """Tune in this process with autosched's engine (sandboxed build + measure, fresh
-    records); returns the best verified config or None."""
-    if trials <= 0:
-        return None
-    import tempfile
-
-    from autosched.tune.tune import tune
-    from autosched.wire import Workload
-
-    workload = Workload.from_tensors(zoo.tensors(name), name)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="autosched-bench-") as work_dir:
-        result = tune(workload, trials, hw=hw, work_dir=work_dir)
-    res.tune_wall_s = time.perf_counter() - t0
-    if result.best_config is None:
-        res.tuned_check = "ERROR"
-    return result.best_config
-
-
-def _build_tuned(name, func, hw, target, config, inputs, out_specs, reference, res: Result) -> Any:
-    """Rebuild the best tuned config here and check it again against the naive output."""
-    if config is None:
-        return None
-    from autosched.schedule import apply_config
-
-    tuned = tvm.compile(apply_config(func, config, hw).mod, target=target)
-    (got,) = bl.run_tvm(tuned, inputs, out_specs)
-    try:
-        bl.assert_close(got, reference, name)
-    except AssertionError:
-        res.tuned_check = "FAIL"
-        console.print(f"[red]FAIL[/] {name}: tuned output differs from naive")
-        return None
-    res.tuned_check = "ok"
-    return tuned
-
-
-def _ms(s: float | None) -> str:
-    return "-" if s is None else f"{s * 1e3:.3f}" if s < 1e-2 else f"{s * 1e3:.2f}"
-
-
-def _x(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}×" if v < 100 else f"{v:.0f}×"
-
-
 def print_table(results: list[Result], stat: str) -> None:
-    what = "static and tuned" if any(r.tuned_s for r in results) else "static"
-    t = Table(title=f"autosched {what} schedules vs naive TVM, numpy and PyTorch ({stat}s)")
-    t.add_column("kernel")
-    t.add_column("stages")
-    t.add_column("check")
-    t.add_column("GFLOP/s", justify="right")
-    t.add_column("naive ms", justify="right")
-    t.add_column("static ms", justify="right")
-    t.add_column("vs naive", justify="right")
     tuned = any(r.tuned_s for r in results)
+    what = "static and tuned" if tuned else "static"
+    columns: list[tuple[str, report.Justify]] = [
+        ("kernel", "left"),
+        ("stages", "left"),
+        ("check", "left"),
+        ("GFLOP/s", "right"),
+        ("naive ms", "right"),
+        ("static ms", "right"),
+        ("vs naive", "right"),
+    ]
     if tuned:
-        t.add_column("tuned ms", justify="right")
-        t.add_column("tuned vs static", justify="right")
-    t.add_column("numpy ms", justify="right")
-    t.add_column("torch ms", justify="right")
-    t.add_column("baseline/static", justify="right")
+        columns += [("tuned ms", "right"), ("tuned vs static", "right")]
+    columns += [("numpy ms", "right"), ("torch ms", "right"), ("baseline/static", "right")]
     if tuned:
-        t.add_column("baseline/tuned", justify="right")
+        columns += [("baseline/tuned", "right")]
+    t = report.table(
+        f"autosched {what} schedules vs naive TVM, numpy and PyTorch ({stat}s)", columns
+    )
     for r in results:
-        check = {"ok": "[green]ok[/]", "FAIL": "[red]FAIL[/]", "ERROR": "[red]ERROR[/]"}.get(
-            r.check, r.check
+        tuned_cells = (
+            [report.ms(r.tuned_s), report.times(report.over(r.static_s, r.tuned_s))]
+            if tuned
+            else []
         )
-        base = " np" if bl.is_matmul_like(r.kernel) else " pt"
-        tuned_cells = []
-        if tuned:
-            ratio = r.static_s / r.tuned_s if r.static_s and r.tuned_s else None
-            tuned_cells = [_ms(r.tuned_s), _x(ratio)]
-        tail = []
-        if tuned:
-            v = r.tuned_vs_baseline
-            tail = ["-" if v is None else f"{v:.2f}{base}"]
+        tail = [report.baseline_cell(r.tuned_vs_baseline, r.kernel)] if tuned else []
         t.add_row(
             r.kernel,
             r.templates,
-            check,
-            "-" if r.gflops is None else f"{r.gflops:.1f}",
-            _ms(r.naive_s),
-            _ms(r.static_s),
-            _x(r.speedup),
+            report.check_cell(r.check),
+            report.rate(r.gflops),
+            report.ms(r.naive_s),
+            report.ms(r.static_s),
+            report.times(r.speedup),
             *tuned_cells,
-            _ms(r.numpy_s),
-            _ms(r.torch_s),
-            "-" if r.vs_baseline is None else f"{r.vs_baseline:.2f}{base}",
+            report.ms(r.numpy_s),
+            report.ms(r.torch_s),
+            report.baseline_cell(r.vs_baseline, r.kernel),
             *tail,
         )
     console.print(t)
@@ -329,22 +121,22 @@ def print_headlines(results: list[Result]) -> None:
         sp = r.speedup
         ok = None if sp is None else sp >= NAIVE_TARGET
         console.print(
-            f"{name} static vs naive: {_x(sp)} (target ≥ {NAIVE_TARGET:.0f}×) {verdict(ok)}"
+            f"{name} static vs naive: {report.times(sp)} "
+            f"(target ≥ {NAIVE_TARGET:.0f}×) {verdict(ok)}"
         )
     r = by_name.get("lenet")
     if r is not None:
-        ratio = r.static_s / r.torch_s if r.static_s and r.torch_s else None
-        ok = None if ratio is None else ratio <= LENET_TARGET
-        shown = "-" if ratio is None else f"{ratio:.2f}"
+        static_over_torch = report.over(r.static_s, r.torch_s)
+        ok = None if static_over_torch is None else static_over_torch <= LENET_TARGET
         console.print(
-            f"lenet static vs PyTorch: static/torch time = {shown} "
+            f"lenet static vs PyTorch: static/torch time = {report.ratio(static_over_torch)} "
             f"(target ≤ {LENET_TARGET}) {verdict(ok)}"
         )
         if r.tuned_s and r.torch_s:
-            ratio = r.tuned_s / r.torch_s
+            tuned_over_torch = r.tuned_s / r.torch_s
             console.print(
-                f"lenet tuned vs PyTorch: tuned/torch time = {ratio:.2f} (target < 1) "
-                f"{verdict(ratio < 1)}"
+                f"lenet tuned vs PyTorch: tuned/torch time = {tuned_over_torch:.2f} (target < 1) "
+                f"{verdict(tuned_over_torch < 1)}"
             )
 
 
@@ -372,25 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     names = zoo.names() if not args.kernels else [k.strip() for k in args.kernels.split(",")]
-    unknown = [n for n in names if n not in zoo.names()]
-    if unknown:  # fail fast, before minutes of benchmarking, on a typo
-        console.print(f"unknown kernels: {', '.join(unknown)}; known: {', '.join(zoo.names())}")
+    if report.reject_unknown_kernels(console, names):
         return 2
 
-    try:
-        from autosched.static import static_schedule
-    except ImportError as e:
-        console.print(f"[red]cannot import autosched.static.static_schedule[/]: {e}")
-        return 2
-
-    bl.setup_threads()
+    harness.setup_threads()
     hw = detect_hardware()
     target = cpu_target(hw)
     plan = Plan.make(args.quick)
 
     env = benv.environment(hw, target)
-    for k, v in env.items():
-        console.print(f"[bold]{k}[/]: {v}", highlight=False)
+    report.print_environment(console, env)
     if env["TVM_NUM_THREADS"] != str(hw.num_cores):
         console.print(
             f"[yellow]note[/]: TVM_NUM_THREADS={env['TVM_NUM_THREADS']} but "
@@ -410,15 +193,16 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         with console.status(f"benchmarking {n} ..."):
             r = bench_kernel(
-                n, hw, target, plan, args.seed, static_schedule, args.stat, args.tune,
-                tuned_by_service,
+                n, hw, target, plan, args.seed, args.stat, args.tune,
+                tuned_by_service, console=console,
             )  # fmt: skip
         results.append(r)
         console.print(
-            f"{n}: check {r.check}, naive {_ms(r.naive_s)} ms, static {_ms(r.static_s)} ms, "
-            f"tuned {_ms(r.tuned_s)} ms ({r.tuned_check}, tuning {r.tune_wall_s or 0:.1f} s), "
-            f"numpy {_ms(r.numpy_s)} ms, torch {_ms(r.torch_s)} ms "
-            f"(schedule+compile {_ms(r.schedule_s)} ms; {time.perf_counter() - t0:.1f} s)",
+            f"{n}: check {r.check}, naive {report.ms(r.naive_s)} ms, "
+            f"static {report.ms(r.static_s)} ms, tuned {report.ms(r.tuned_s)} ms "
+            f"({r.tuned_check}, tuning {r.tune_wall_s or 0:.1f} s), "
+            f"numpy {report.ms(r.numpy_s)} ms, torch {report.ms(r.torch_s)} ms "
+            f"(schedule+compile {report.ms(r.schedule_s)} ms; {time.perf_counter() - t0:.1f} s)",
             highlight=False,
         )
 

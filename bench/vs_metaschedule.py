@@ -25,6 +25,9 @@ fresh worker (~30 s a batch); this script passes a build function that skips tha
 main process up front (TuneContext does it anyway) so that the one-off cost is reported
 separately instead of being charged to the first kernel.
 
+This module parses the command line and prints the tables and targets; measuring one
+kernel is in ``bench/tune_both.py``, shared formats in ``bench/report.py``.
+
 Exit status: 0 when every winner that was built matched the naive output, 1 otherwise.
 """
 
@@ -43,29 +46,22 @@ os.environ.setdefault(
 
 import argparse
 import json
-import logging
-import math
-import tempfile
 import time
-import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 # `python bench/vs_metaschedule.py` puts bench/ (not the repo root) on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 import tvm
-from rich.console import Console
-from rich.table import Table
 
-from autosched import zoo
 from autosched.hardware import cpu_target, detect_hardware
-from bench import baselines as bl
 from bench import env as benv
+from bench import harness, report
+from bench.tune_both import Plan, Row, bench_one
 
-console = Console(width=None if sys.stdout.isatty() else 180)
+console = report.make_console(180)
 
 DEFAULT_KERNELS = [
     "matmul_512",
@@ -82,311 +78,41 @@ MS_TARGET, MS_GOAL = 1.0, 1.1  # geomean of MS time / autosched time
 BLAS_TARGET, BLAS_GOAL = 0.8, 0.9  # matmul_1024: numpy time / autosched time
 
 
-# --------------------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    kernel: str
-    trials: int
-    gflop: float
-    # autosched
-    as_trials: int = 0  # trials this run measured
-    as_tune_s: float | None = None  # wall time of tune()
-    as_tuned_s: float | None = None  # best latency as measured during tuning
-    as_s: float | None = None  # re-timed here
-    as_check: str = "-"
-    as_error: str = ""
-    # MetaSchedule
-    ms_trials: int = 0
-    ms_tune_s: float | None = None  # wall time of tune_tir()
-    ms_compile_s: float | None = None  # compile_tir (picks the best record)
-    ms_tuned_s: float | None = None
-    ms_s: float | None = None
-    ms_check: str = "-"
-    ms_error: str = ""
-    # baselines
-    numpy_s: float | None = None
-    torch_s: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ms_over_as(self) -> float | None:
-        """MetaSchedule time / autosched time: > 1 means autosched is faster."""
-        return self.ms_s / self.as_s if self.ms_s and self.as_s else None
-
-    @property
-    def baseline_s(self) -> float | None:
-        return self.numpy_s if bl.is_matmul_like(self.kernel) else self.torch_s
-
-    @property
-    def base_over_as(self) -> float | None:
-        """Baseline time / autosched time: > 1 means autosched is faster."""
-        return self.baseline_s / self.as_s if self.baseline_s and self.as_s else None
-
-
-@dataclass(frozen=True)
-class Plan:
-    rounds: int  # interleaved rounds of autosched / MS / numpy / torch
-    repeat: int  # repeats per round and contender
-    min_repeat_ms: int
-
-    @classmethod
-    def make(cls, quick: bool) -> Plan:
-        return cls(2, 3, 20) if quick else cls(4, 5, 50)
-
-
-def _err(e: BaseException) -> str:
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    # TVM errors end with the interesting line; Python ones start with it.
-    msg = lines[-1] if lines and "Traceback" in lines[0] else (lines[0] if lines else "")
-    return f"{type(e).__name__}: {msg}"[:300]
-
-
-# --------------------------------------------------------------------------------------
-# The two tuners
-# --------------------------------------------------------------------------------------
-
-
-def fast_build(mod: tvm.IRModule, target: tvm.target.Target, _params: Any) -> Any:
-    """MetaSchedule's default_build without ``import tvm.s_tir.tensor_intrin`` (~30 s a
-    fresh worker). Returns the runtime Module that default_export expects."""
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
-    # As default_build: a no-op for these PrimFuncs (no layout_free_buffers attribute).
-    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm.compile(mod, target=target).mod
-
-
-if __name__ != "__main__":
-    # cloudpickle pickles functions of importable modules by reference; the builder's worker
-    # processes may not be able to import `bench`, so ship fast_build by value.
-    try:
-        import cloudpickle
-
-        cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    except ImportError:
-        pass
-
-
-def tune_autosched(
-    name: str, func_tensors: list[Any], trials: int, hw: Any, seed: int, row: Row
-) -> Any:
-    """Tune with autosched; returns the best Config (or None) and fills ``row``."""
-    from autosched.tune.tune import tune
-    from autosched.wire import Workload
-
-    wl = Workload.from_tensors(func_tensors, name)
-    with tempfile.TemporaryDirectory(prefix=f"vsms-as-{name}-") as d:
-        t0 = time.perf_counter()
-        res = tune(wl, trials, hw=hw, batch_size=16, seed=seed, work_dir=d)
-        row.as_tune_s = time.perf_counter() - t0
-    row.as_trials = len(res.history)
-    row.as_tuned_s = res.best_latency if math.isfinite(res.best_latency) else None
-    errors: dict[str, int] = {}
-    for r in res.history:
-        if not r.ok:
-            errors[str(r.result.status)] = errors.get(str(r.result.status), 0) + 1
-    if errors:
-        row.extra["as_trial_errors"] = errors
-    return res.best_config
-
-
-def tune_metaschedule(
-    func: tvm.tirx.PrimFunc, target: tvm.target.Target, trials: int, seed: int, row: Row
-) -> Any:
-    """Tune with MetaSchedule; returns the best schedule (or None) and fills ``row``."""
-    from tvm.s_tir import meta_schedule as ms
-
-    # MetaSchedule's console handler takes its level from this logger, and every tune_tir
-    # call resets the logger to DEBUG: quiet it each time (its per-task logs still go to
-    # work_dir/logs).
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix=f"vsms-ms-{row.kernel}-") as d:
-        t0 = time.perf_counter()
-        db = ms.tune_tir(
-            mod=func,
-            target=target,
-            work_dir=d,
-            max_trials_global=trials,
-            num_trials_per_iter=32,
-            builder=ms.builder.LocalBuilder(max_workers=2, f_build=fast_build),
-            seed=seed,
-        )
-        row.ms_tune_s = time.perf_counter() - t0
-        records = db.get_all_tuning_records()
-        row.ms_trials = len(records)
-        secs = [
-            float(np.mean([float(x) for x in r.run_secs]))
-            for r in records
-            if r.run_secs is not None and len(r.run_secs) > 0
-        ]
-        # Failed builds/runs are recorded with a huge sentinel time (1e10 s).
-        ok = [s for s in secs if s < 1e9]
-        row.ms_tuned_s = min(ok) if ok else None
-        if len(ok) < len(records):
-            row.extra["ms_failed_trials"] = len(records) - len(ok)
-        t0 = time.perf_counter()
-        sch = ms.tir_integration.compile_tir(db, func, target)
-        row.ms_compile_s = time.perf_counter() - t0
-        if sch is not None:
-            row.extra["ms_best_trace"] = str(sch.trace)
-    return sch
-
-
-# --------------------------------------------------------------------------------------
-# One kernel at one budget
-# --------------------------------------------------------------------------------------
-
-
-def _check(lib: Any, inputs: list[np.ndarray], out_specs: list, reference: np.ndarray, name: str):
-    (got,) = bl.run_tvm(lib, inputs, out_specs)
-    bl.assert_close(got, reference, name)
-    return float(np.abs(got.astype(np.float64) - reference).max())
-
-
-def bench_one(
-    name: str,
-    trials: int,
-    hw: Any,
-    target: tvm.target.Target,
-    plan: Plan,
-    seed: int,
-    *,
-    run_ms: bool = True,
-    torch_ok: bool = True,
-) -> Row:
-    from autosched.schedule import apply_config
-    from autosched.wire import Workload
-
-    tensors = zoo.tensors(name)
-    # The function both tuners see: the one the wire format rebuilds (same key, same names).
-    func = Workload.from_tensors(tensors, name).prim_func
-    gflop = float(tvm.s_tir.analysis.estimate_tir_flops(tvm.IRModule({"main": func}))) / 1e9
-    row = Row(kernel=name, trials=trials, gflop=gflop)
-
-    inputs = bl.random_inputs(name, seed)
-    out_specs = bl.output_specs(func, len(inputs))
-    (reference,) = bl.run_tvm(bl.build(func, target), inputs, out_specs)
-
-    as_lib = ms_lib = None
-    try:
-        config = tune_autosched(name, tensors, trials, hw, seed, row)
-        if config is None:
-            raise RuntimeError("no trial verified")
-        row.extra["as_best_config"] = config.to_json()
-        as_lib = tvm.compile(apply_config(func, config, hw).mod, target=target)
-        row.extra["as_max_abs_err"] = _check(as_lib, inputs, out_specs, reference, name)
-        row.as_check = "ok"
-    except AssertionError as e:
-        row.as_check, row.as_error = "FAIL", _err(e)
-        console.print(str(e), markup=False, highlight=False)
-    except Exception as e:
-        row.as_check, row.as_error, as_lib = "ERROR", _err(e), None
-        console.print(traceback.format_exc(), markup=False, highlight=False)
-
-    if run_ms:
-        try:
-            sch = tune_metaschedule(func, target, trials, seed, row)
-            if sch is None:
-                raise RuntimeError("compile_tir found no valid record")
-            ms_lib = tvm.compile(sch.mod, target=target)
-            row.extra["ms_max_abs_err"] = _check(ms_lib, inputs, out_specs, reference, name)
-            row.ms_check = "ok"
-        except AssertionError as e:
-            row.ms_check, row.ms_error = "FAIL", _err(e)
-            console.print(str(e), markup=False, highlight=False)
-        except Exception as e:
-            row.ms_check, row.ms_error, ms_lib = "ERROR", _err(e), None
-            console.print(traceback.format_exc(), markup=False, highlight=False)
-
-    kw = {"repeat": plan.repeat, "min_repeat_ms": plan.min_repeat_ms}
-    timers: dict[str, Any] = {}
-    if as_lib is not None:
-        timers["as"] = lambda: bl.tvm_samples(as_lib, inputs, out_specs, number=1, **kw)
-    if ms_lib is not None:
-        timers["ms"] = lambda: bl.tvm_samples(ms_lib, inputs, out_specs, number=1, **kw)
-    np_fn = bl.numpy_fn(name)
-    if np_fn is not None:
-        timers["numpy"] = lambda: bl.numpy_samples(np_fn, inputs, **kw)
-    if torch_ok:
-        t_fn = bl.torch_fn(name)
-        timers["torch"] = lambda: bl.torch_samples(t_fn, inputs, **kw)
-    med, samples = bl.interleaved(timers, plan.rounds)
-    # All samples in the JSON: the same binary on these VMs sometimes runs ~2x slower for a
-    # few seconds (seen with autosched's matmul_512 winner: 1.3 ms, then 0.65 ms).
-    row.extra["samples_ms"] = {k: [round(x * 1e3, 4) for x in v] for k, v in samples.items()}
-    row.as_s, row.ms_s = med.get("as"), med.get("ms")
-    row.numpy_s, row.torch_s = med.get("numpy"), med.get("torch")
-    return row
-
-
-# --------------------------------------------------------------------------------------
-# Output
-# --------------------------------------------------------------------------------------
-
-
-def _ms(s: float | None) -> str:
-    return "-" if s is None else f"{s * 1e3:.3f}" if s < 1e-2 else f"{s * 1e3:.2f}"
-
-
-def _r(v: float | None, suffix: str = "") -> str:
-    return "-" if v is None else f"{v:.2f}{suffix}"
-
-
-def _sec(s: float | None) -> str:
-    return "-" if s is None else f"{s:.1f}"
-
-
-def _check_cell(check: str) -> str:
-    return {"ok": "[green]ok[/]", "FAIL": "[red]FAIL[/]", "ERROR": "[red]ERROR[/]"}.get(
-        check, check
-    )
-
-
-def geomean(xs: list[float]) -> float | None:
-    xs = [x for x in xs if x and x > 0]
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
-
-
 def print_table(rows: list[Row], trials: int) -> None:
-    t = Table(title=f"autosched vs MetaSchedule at {trials} trials (re-timed here, medians)")
-    for col, just in [
-        ("kernel", "left"),
-        ("GFLOP/s as", "right"),
-        ("autosched ms", "right"),
-        ("MS ms", "right"),
-        ("MS/as", "right"),
-        ("as tune s", "right"),
-        ("MS tune s", "right"),
-        ("numpy ms", "right"),
-        ("torch ms", "right"),
-        ("base/as", "right"),
-        ("check as/MS", "left"),
-        ("trials as/MS", "right"),
-    ]:
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    t = report.table(
+        f"autosched vs MetaSchedule at {trials} trials (re-timed here, medians)",
+        [
+            ("kernel", "left"),
+            ("GFLOP/s as", "right"),
+            ("autosched ms", "right"),
+            ("MS ms", "right"),
+            ("MS/as", "right"),
+            ("as tune s", "right"),
+            ("MS tune s", "right"),
+            ("numpy ms", "right"),
+            ("torch ms", "right"),
+            ("base/as", "right"),
+            ("check as/MS", "left"),
+            ("trials as/MS", "right"),
+        ],
+    )
     for r in rows:
-        base = " np" if bl.is_matmul_like(r.kernel) else " pt"
-        gflops = r.gflop / r.as_s if r.as_s and r.gflop > 0 else None
-        ratio = r.ms_over_as
-        ratio_s = _r(ratio)
-        if ratio is not None:
-            ratio_s = f"[green]{ratio_s}[/]" if ratio >= 1 else f"[red]{ratio_s}[/]"
+        ms_over_as = r.ms_over_as
+        ratio_s = report.ratio(ms_over_as)
+        if ms_over_as is not None:
+            ratio_s = f"[green]{ratio_s}[/]" if ms_over_as >= 1 else f"[red]{ratio_s}[/]"
         t.add_row(
             r.kernel,
-            "-" if gflops is None else f"{gflops:.1f}",
-            _ms(r.as_s),
-            _ms(r.ms_s),
+            report.rate(report.over(r.gflop, r.as_s)),
+            report.ms(r.as_s),
+            report.ms(r.ms_s),
             ratio_s,
-            _sec(r.as_tune_s),
-            _sec(r.ms_tune_s),
-            _ms(r.numpy_s),
-            _ms(r.torch_s),
-            "-" if r.base_over_as is None else f"{r.base_over_as:.2f}{base}",
-            f"{_check_cell(r.as_check)}/{_check_cell(r.ms_check)}",
+            report.sec(r.as_tune_s),
+            report.sec(r.ms_tune_s),
+            report.ms(r.numpy_s),
+            report.ms(r.torch_s),
+            report.baseline_cell(r.base_over_as, r.kernel),
+            f"{report.check_cell(r.as_check)}/{report.check_cell(r.ms_check)}",
             f"{r.as_trials}/{r.ms_trials}",
         )
     console.print(t)
@@ -409,7 +135,7 @@ def print_errors(rows: list[Row]) -> None:
 
 def print_headlines(rows: list[Row], trials: int) -> dict[str, Any]:
     main = [r for r in rows if r.trials == trials]
-    gm = geomean([r.ms_over_as for r in main if r.ms_over_as])
+    gm = report.geomean([r.ms_over_as for r in main if r.ms_over_as])
     n = sum(1 for r in main if r.ms_over_as)
 
     def verdict(v: float | None, target: float, goal: float) -> str:
@@ -421,7 +147,7 @@ def print_headlines(rows: list[Row], trials: int) -> dict[str, Any]:
 
     console.print("\n[bold]Targets[/]")
     console.print(
-        f"geomean vs MetaSchedule @{trials}: {_r(gm)} over {n} kernels "
+        f"geomean vs MetaSchedule @{trials}: {report.ratio(gm)} over {n} kernels "
         f"(target ≥ {MS_TARGET}, goal {MS_GOAL}) {verdict(gm, MS_TARGET, MS_GOAL)}",
         highlight=False,
     )
@@ -435,19 +161,18 @@ def print_headlines(rows: list[Row], trials: int) -> dict[str, Any]:
     for r in rows:
         if r.trials != trials:
             console.print(
-                f"{r.kernel} @{r.trials}: MS/autosched {_r(r.ms_over_as)}, tuning wall "
-                f"autosched {_sec(r.as_tune_s)} s vs MS {_sec(r.ms_tune_s)} s",
+                f"{r.kernel} @{r.trials}: MS/autosched {report.ratio(r.ms_over_as)}, tuning wall "
+                f"autosched {report.sec(r.as_tune_s)} s vs MS {report.sec(r.ms_tune_s)} s",
                 highlight=False,
             )
     blas = {}
     for r in rows:
         if r.kernel == "matmul_1024" and r.numpy_s and r.as_s:
-            ratio = r.numpy_s / r.as_s
-            blas[r.trials] = ratio
+            speed = blas[r.trials] = r.numpy_s / r.as_s
             console.print(
-                f"matmul_1024 vs OpenBLAS @{r.trials}: autosched/numpy speed ratio {ratio:.2f} "
+                f"matmul_1024 vs OpenBLAS @{r.trials}: autosched/numpy speed ratio {speed:.2f} "
                 f"(target ≥ {BLAS_TARGET}, goal {BLAS_GOAL}) "
-                f"{verdict(ratio, BLAS_TARGET, BLAS_GOAL)}",
+                f"{verdict(speed, BLAS_TARGET, BLAS_GOAL)}",
                 highlight=False,
             )
     return {
@@ -467,18 +192,20 @@ def print_headlines(rows: list[Row], trials: int) -> dict[str, Any]:
 def bench_lenet(
     trials: int, hw: Any, target: tvm.target.Target, plan: Plan, seed: int, torch_ok: bool
 ) -> dict[str, Any]:
-    row = bench_one("lenet", trials, hw, target, plan, seed, run_ms=False, torch_ok=torch_ok)
-    ratio = row.as_s / row.torch_s if row.as_s and row.torch_s else None
+    row = bench_one(
+        "lenet", trials, hw, target, plan, seed, console, run_ms=False, torch_ok=torch_ok
+    )
+    as_over_torch = report.over(row.as_s, row.torch_s)
     console.print(
-        f"\n[bold]LeNet[/] @{trials} trials: autosched {_ms(row.as_s)} ms "
-        f"(check {_check_cell(row.as_check)}, tuning {_sec(row.as_tune_s)} s, "
-        f"{row.as_trials} trials) vs PyTorch {_ms(row.torch_s)} ms: "
-        f"autosched/torch time = {_r(ratio)} (< 1: autosched faster)",
+        f"\n[bold]LeNet[/] @{trials} trials: autosched {report.ms(row.as_s)} ms "
+        f"(check {report.check_cell(row.as_check)}, tuning {report.sec(row.as_tune_s)} s, "
+        f"{row.as_trials} trials) vs PyTorch {report.ms(row.torch_s)} ms: "
+        f"autosched/torch time = {report.ratio(as_over_torch)} (< 1: autosched faster)",
         highlight=False,
     )
     if row.as_error:
         console.print(f"[red]autosched[/] lenet: {row.as_error}", highlight=False)
-    return asdict(row) | {"autosched_over_torch": ratio}
+    return asdict(row) | {"autosched_over_torch": as_over_torch}
 
 
 # --------------------------------------------------------------------------------------
@@ -506,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
     names = [k.strip() for k in args.kernels.split(",")] if args.kernels else DEFAULT_KERNELS
     extra = [k.strip() for k in args.extra_256.split(",") if k.strip()]
-    unknown = [n for n in names + extra if n not in zoo.names()]
-    if unknown:
-        console.print(f"unknown kernels: {', '.join(unknown)}; known: {', '.join(zoo.names())}")
+    if report.reject_unknown_kernels(console, names + extra):
         return 2
 
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
@@ -520,19 +245,14 @@ def main(argv: list[str] | None = None) -> int:
                 "bench/vs_metaschedule.py ...`"
             )
 
-    bl.setup_threads()
+    harness.setup_threads()
     hw = detect_hardware()
     target = cpu_target(hw)
     plan = Plan.make(args.quick)
     torch_ok = benv.torch_available()
     env = benv.environment(hw, target)
-    for k, v in env.items():
-        console.print(f"[bold]{k}[/]: {v}", highlight=False)
-    if os.getloadavg()[0] > 0.5:
-        console.print(
-            f"[yellow]warning[/]: load average {os.getloadavg()[0]:.2f} before starting: "
-            "other processes compete for the cores and the timings are unreliable"
-        )
+    report.print_environment(console, env)
+    benv.warn_if_busy(hw.num_cores)
 
     run_ms = not args.no_ms
     oneoff: dict[str, float] = {}
@@ -559,13 +279,16 @@ def main(argv: list[str] | None = None) -> int:
     for n, trials in jobs:
         t0 = time.perf_counter()
         with console.status(f"{n} @{trials} trials ..."):
-            r = bench_one(n, trials, hw, target, plan, args.seed, run_ms=run_ms, torch_ok=torch_ok)
+            r = bench_one(
+                n, trials, hw, target, plan, args.seed, console, run_ms=run_ms, torch_ok=torch_ok
+            )
         rows.append(r)
         console.print(
-            f"{n} @{trials}: autosched {_ms(r.as_s)} ms ({r.as_check}, tune {_sec(r.as_tune_s)} s,"
-            f" tuned {_ms(r.as_tuned_s)} ms) | MS {_ms(r.ms_s)} ms ({r.ms_check}, tune "
-            f"{_sec(r.ms_tune_s)} s, tuned {_ms(r.ms_tuned_s)} ms) | MS/as {_r(r.ms_over_as)} | "
-            f"numpy {_ms(r.numpy_s)} torch {_ms(r.torch_s)} ms "
+            f"{n} @{trials}: autosched {report.ms(r.as_s)} ms ({r.as_check}, "
+            f"tune {report.sec(r.as_tune_s)} s, tuned {report.ms(r.as_tuned_s)} ms) | "
+            f"MS {report.ms(r.ms_s)} ms ({r.ms_check}, tune {report.sec(r.ms_tune_s)} s, "
+            f"tuned {report.ms(r.ms_tuned_s)} ms) | MS/as {report.ratio(r.ms_over_as)} | "
+            f"numpy {report.ms(r.numpy_s)} torch {report.ms(r.torch_s)} ms "
             f"[{time.perf_counter() - t0:.0f} s]",
             highlight=False,
             markup=False,

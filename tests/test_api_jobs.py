@@ -118,11 +118,17 @@ def test_target_resolves_to_an_online_workers_device(db_url, tmp_path):
         assert job.json()["target_key"] == target
 
 
-def test_cancel_queued_job(db_url, tmp_path):
+def _queued_job(client, db_url) -> tuple[int, str]:
+    """A job of one fresh workload on a known device: its id and the workload's key."""
     doc, _ = matmul()
+    job = client.post("/v1/jobs", json={"workloads": [doc], "device_key": known_device(db_url)})
+    assert job.status_code == 201, job.text
+    return job.json()["id"], job.json()["workloads"][0]["workload_key"]
+
+
+def test_cancel_queued_job(db_url, tmp_path):
     with api_client(db_url, tmp_path) as client:
-        job = client.post("/v1/jobs", json={"workloads": [doc], "device_key": known_device(db_url)})
-        job_id, key = job.json()["id"], job.json()["workloads"][0]["workload_key"]
+        job_id, key = _queued_job(client, db_url)
         with db(db_url) as session:
             queued = add_trial(session, job_id, key, state=TrialState.QUEUED).id
             done = add_trial(session, job_id, key, status="ok", latency=1e-3).id
@@ -140,10 +146,8 @@ def test_cancel_queued_job(db_url, tmp_path):
 
 
 def test_cancel_running_job_asks_its_scheduler(db_url, tmp_path):
-    doc, _ = matmul()
     with api_client(db_url, tmp_path) as client:
-        job = client.post("/v1/jobs", json={"workloads": [doc], "device_key": known_device(db_url)})
-        job_id, key = job.json()["id"], job.json()["workloads"][0]["workload_key"]
+        job_id, key = _queued_job(client, db_url)
         with db(db_url) as session:
             session.get(Job, job_id).state = JobState.RUNNING
             queued = add_trial(session, job_id, key, state=TrialState.QUEUED).id
@@ -210,6 +214,8 @@ def test_job_numbers_come_from_its_trials(db_url, tmp_path):
     assert w1["speedup_over_static"] == pytest.approx(4.0)
     assert w2["best_latency"] == pytest.approx(5e-3) and w2["speedup_over_static"] is None
     assert view["best_latency"] == pytest.approx(6e-3)
+    # The job's speedup needs every workload's static latency: w2 has none.
+    assert view["static_latency"] is None and view["speedup_over_static"] is None
     assert view["best_gflops"] == pytest.approx((flops[k1] + flops[k2]) / 6e-3 / 1e9)
 
     curve = view["curve"]

@@ -1,7 +1,9 @@
 """The torch/numpy baselines compute the same thing as the unscheduled TVM kernels.
 
 If a baseline were wrong, every speedup the benchmark reports against it would be
-meaningless, so each zoo kernel is checked against its naive (unscheduled) TVM build.
+meaningless, so each zoo kernel is checked against its naive (unscheduled) TVM build, through
+the same ``bench.harness.Case`` and timers that bench/static.py and bench/vs_metaschedule.py
+use.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 
 from autosched import zoo
+from autosched.hardware import cpu_target, detect_hardware
 from bench import baselines as bl
+from bench import harness
 
 # The naive 1024^3 matmul takes ~4 s a call on the 2-core CI machines; matmul_512 exercises
 # the same code path, so for matmul_1024 numpy and torch are checked against each other only.
@@ -30,7 +34,26 @@ SLOW_NAIVE = {"matmul_1024"}
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads() -> None:
-    bl.setup_threads()
+    harness.setup_threads()
+
+
+@pytest.fixture(scope="module")
+def target() -> object:
+    # The target the bench scripts build for.
+    return cpu_target(detect_hardware())
+
+
+def run_torch(name: str, inputs: list[np.ndarray]) -> np.ndarray:
+    """The torch baseline of a zoo kernel, as the timers call it: numpy in, numpy out."""
+    import torch
+
+    with torch.inference_mode():
+        return bl.torch_fn(name)(*bl.to_torch(inputs)).numpy()
+
+
+def run_numpy(name: str, inputs: list[np.ndarray]) -> np.ndarray | None:
+    fn = bl.numpy_fn(name)
+    return None if fn is None else np.asarray(fn(*inputs))
 
 
 def test_every_zoo_kernel_has_a_torch_baseline() -> None:
@@ -51,41 +74,51 @@ def test_random_inputs_match_placeholders_and_are_deterministic() -> None:
 
 
 @pytest.mark.parametrize("name", zoo.names())
-def test_baselines_match_naive_tvm(name: str) -> None:
+def test_baselines_match_naive_tvm(name: str, target: object) -> None:
     inputs = bl.random_inputs(name, seed=0)
-    got_torch = bl.run_torch(name, inputs)
-    got_numpy = bl.run_numpy(name, inputs) if bl.numpy_fn(name) else None
+    got_torch = run_torch(name, inputs)
+    got_numpy = run_numpy(name, inputs)
 
     if name in SLOW_NAIVE:
         assert got_numpy is not None
         bl.assert_close(got_torch, got_numpy, name)
         return
 
-    func = zoo.prim_func(name)
-    (out_spec,) = bl.output_specs(func, len(inputs))
+    case = harness.Case.make(name, zoo.prim_func(name), target, seed=0)
+    (out_spec,) = case.out_specs
     assert got_torch.shape == out_spec[0]
     assert got_torch.dtype == np.dtype(out_spec[1])
-    (naive,) = bl.run_tvm(bl.tvm_naive(name), inputs, [out_spec])
-    bl.assert_close(got_torch, naive, name)
+    bl.assert_close(got_torch, case.reference, name)
     if got_numpy is not None:
-        bl.assert_close(got_numpy, naive, name)
+        bl.assert_close(got_numpy, case.reference, name)
 
 
-def test_timers_return_positive_medians() -> None:
-    name = "softmax"
-    inputs = bl.random_inputs(name)
-    func = zoo.prim_func(name)
-    ex = bl.tvm_naive(name)
-    t_tvm = bl.time_tvm(ex, inputs, bl.output_specs(func, len(inputs)), repeat=2, min_repeat_ms=1)
-    t_torch = bl.time_torch(bl.torch_fn(name), inputs, repeat=2, min_repeat_ms=1)
-    t_np = bl.time_numpy(
-        bl.numpy_fn("matmul_awkward"), bl.random_inputs("matmul_awkward"), repeat=2, min_repeat_ms=1
+def test_case_check_rejects_a_wrong_output(target: object) -> None:
+    case = harness.Case.make("softmax", zoo.prim_func("softmax"), target, seed=1)
+    assert case.check(case.naive) == 0.0
+    case.reference = case.reference + 0.01
+    with pytest.raises(AssertionError):
+        case.check(case.naive)
+
+
+@pytest.mark.parametrize("name", ["softmax", "matmul_awkward"])
+def test_interleaved_samplers_time_every_contender(name: str, target: object) -> None:
+    case = harness.Case.make(name, zoo.prim_func(name), target, seed=0)
+    # A build that failed (None) is left out; numpy only times matmul-like kernels.
+    timers = harness.samplers(
+        case, {"naive": case.naive, "failed": None}, repeat=2, min_repeat_ms=1, torch_ok=True
     )
-    assert 0 < t_tvm < 10 and 0 < t_torch < 10 and 0 < t_np < 10
+    expected = ["naive", "numpy", "torch"] if bl.is_matmul_like(name) else ["naive", "torch"]
+    assert list(timers) == expected
+    medians, samples = harness.interleaved(timers, rounds=2)
+    assert list(medians) == expected
+    for k in expected:
+        assert len(samples[k]) == 4  # 2 rounds x 2 repeats
+        assert 0 < medians[k] < 10
 
 
 def test_summarize() -> None:
-    assert bl.summarize([3.0, 1.0, 2.0]) == 2.0
-    assert bl.summarize([3.0, 1.0, 2.0], "min") == 1.0
+    assert harness.summarize([3.0, 1.0, 2.0]) == 2.0
+    assert harness.summarize([3.0, 1.0, 2.0], "min") == 1.0
     with pytest.raises(ValueError):
-        bl.summarize([1.0], "mean")
+        harness.summarize([1.0], "mean")

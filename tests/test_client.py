@@ -26,10 +26,12 @@ from autosched.errors import (
     QuotaExceededError,
 )
 from autosched.schemas import (
+    BestSchedule,
     JobDetail,
     JobView,
     ScheduleView,
     TokenCreated,
+    TrialPage,
     WorkerRegister,
     WorkerView,
     WorkloadView,
@@ -137,6 +139,40 @@ WORKLOAD_VIEW = {
     "created": True,
 }
 TOKEN = {"id": 3, "name": "ci", "scopes": ["submit", "worker"], "token": "secret-value"}
+TRIALS = {
+    "total": 2,
+    "trials": [
+        {
+            "id": 7,
+            "number": 1,
+            "workload_key": "k" * 16,
+            "state": "done",
+            "status": "build_error",
+            "latency": None,
+            "gflops": None,
+            "error": "RuntimeError: vectorize failed",
+            "worker_id": "w1",
+            "build_secs": 0.5,
+            "run_secs": None,
+            "dispatch_count": 1,
+            "dispatched_at": NOW.isoformat(),
+            "finished_at": NOW.isoformat(),
+        }
+    ],
+}
+BEST = {
+    "workload_key": KEY,
+    "workload_name": "mm",
+    "target_key": "llvm/znver3/8c/256b",
+    "latency": 1e-4,
+    "gflops": 5.24,
+    "worker_id": "w1",
+    "device_key": "dev-a",
+    "tvm_version": "0.27.0",
+    "updated_at": NOW.isoformat(),
+    "trial_id": 7,
+    "job_id": 42,
+}
 
 
 # The small te matmul every local-build test uses.
@@ -193,6 +229,8 @@ def test_every_endpoint_parses_into_its_schema(static_view):
         ("GET", "/v1/jobs"): [job_doc(), job_doc("succeeded", 16)],
         ("GET", "/v1/jobs/42"): detail_doc(),
         ("POST", "/v1/jobs/42/cancel"): job_doc("cancelled"),
+        ("GET", "/v1/jobs/42/trials"): TRIALS,
+        ("GET", "/v1/schedules"): [BEST],
         ("GET", "/v1/schedules/abc"): static_view.model_dump(mode="json"),
         ("POST", "/v1/schedules/lookup"): static_view.model_dump(mode="json"),
         ("POST", "/v1/workers/register"): WORKER,
@@ -235,6 +273,11 @@ def test_every_endpoint_parses_into_its_schema(static_view):
         detail = client.job(42)
         assert isinstance(detail, JobDetail) and detail.curve[0].gflops == 5.24
         assert client.cancel_job(42).state == "cancelled"
+        page = client.job_trials(42, limit=1)
+        assert isinstance(page, TrialPage) and page.total == 2
+        assert page.trials[0].status == "build_error" and seen[-1].url.params["limit"] == "1"
+        client.job_trials(42)
+        assert not seen[-1].url.params  # no limit: all of them
 
         view = client.schedule("abc", target="llvm/x86-64/2c/256b")
         assert (
@@ -243,6 +286,11 @@ def test_every_endpoint_parses_into_its_schema(static_view):
         )
         assert client.lookup_schedule(doc, target="llvm/x86-64/2c/256b").source == "static"
         assert body() == {"workload": doc, "target": "llvm/x86-64/2c/256b"}
+        best = client.best_schedules(workload_key=KEY)
+        assert isinstance(best[0], BestSchedule) and best[0].job_id == 42
+        assert dict(seen[-1].url.params) == {"workload_key": KEY}  # what is None is left out
+        client.best_schedules(target="llvm/x86-64/2c/256b", limit=5)
+        assert dict(seen[-1].url.params) == {"target": "llvm/x86-64/2c/256b", "limit": "5"}
 
         reg = WorkerRegister(
             worker_id="w1",
@@ -266,6 +314,25 @@ def test_every_endpoint_parses_into_its_schema(static_view):
             client.create_token("w", ["worker"], device_keys=["dev a/.."])
         assert client.healthz() is True
         assert client.readyz() == {"database": "ok", "broker": "ok"}
+
+
+def test_job_speedup_over_static_is_computed_from_its_workloads():
+    """Summed static latencies over summed best ones, None until every workload has both
+    (and a best above zero): one definition, whatever the server sent."""
+    second = {**job_doc()["workloads"][0], "workload_key": "j" * 16, "static_latency": 6e-4}
+    job = JobView.model_validate(job_doc(workloads=[job_doc()["workloads"][0], second]))
+    assert [w.speedup_over_static for w in job.workloads] == pytest.approx([2.0, 6.0])
+    assert job.static_latency == pytest.approx(8e-4)
+    assert job.speedup_over_static == pytest.approx(8e-4 / 2e-4)
+    assert job.model_dump(mode="json")["speedup_over_static"] == pytest.approx(4.0)
+    for change in ({"static_latency": None}, {"best_latency": None}, {"best_latency": 0.0}):
+        pending = JobView.model_validate(
+            job_doc(workloads=[job_doc()["workloads"][0], {**second, **change}])
+        )
+        assert pending.workloads[1].speedup_over_static is None
+        assert pending.speedup_over_static is None
+    no_workloads = JobView.model_validate(job_doc(workloads=[]))
+    assert no_workloads.static_latency is None and no_workloads.speedup_over_static is None
 
 
 def test_submit_needs_a_target_before_sending():

@@ -5,10 +5,12 @@ and nothing points at an outside host. (Browser tests: test_dashboard_browser.py
 from __future__ import annotations
 
 import html
+import json
 import re
 
 import pytest
 
+from autosched import vocabulary
 from autosched.client import format_trace
 from autosched.service.tokens import create_token
 from services.api.dashboard.routes import FAILURES, OTHER_FAILURE, STATIC_DIR, TEMPLATES_DIR
@@ -19,6 +21,13 @@ from tests.dashboard_support import seed_job
 def _text(page: str) -> str:
     """Visible text, roughly: tags dropped, entities decoded, whitespace squeezed."""
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
+
+
+def _block(page: str, pattern: str) -> str:
+    """The first match of ``pattern`` (across lines) in ``page``; the test fails without one."""
+    match = re.search(pattern, page, re.S)
+    assert match, pattern
+    return match.group(0)
 
 
 @pytest.fixture
@@ -32,16 +41,15 @@ def test_jobs_page(client_and_seed):
     client, s = client_and_seed
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    row = re.search(rf'<tr data-job="{s.job_id}".*?</tr>', r.text, re.S)
-    assert row, "the job is listed"
-    text = _text(row.group(0))
+    row = _block(r.text, rf'<tr data-job="{s.job_id}".*?</tr>')  # the job is listed
+    text = _text(row)
     assert f"#{s.job_id}" in text and "running" in text
     assert s.workload_name in text and s.workload_key[:12] in text and s.device_key in text
     assert "5 / 8" in text and "2 failed" in text  # done / total, failures
-    assert '<progress class="progress" max="8" value="5">62.5%</progress>' in row.group(0)
+    assert '<progress class="progress" max="8" value="5">62.5%</progress>' in row
     assert f"{s.flops / 1e-3 / 1e9:,.1f}" in text  # best GFLOP/s
     assert "2.00×" in text  # static 2 ms over best 1 ms
-    assert re.search(r'<time datetime="[^"]+" data-rel>', row.group(0))  # age
+    assert re.search(r'<time datetime="[^"]+" data-rel>', row)  # age
 
     running = client.get("/", params={"state": "running"}).text
     assert f'data-job="{s.job_id}"' in running
@@ -93,10 +101,9 @@ def test_farm_page(client_and_seed):
     client, s = client_and_seed
     r = client.get("/farm")
     assert r.status_code == 200
-    section = re.search(rf'<section class="panel device" data-device="{s.device_key}".*?</section>',
-                        r.text, re.S)  # fmt: skip
-    assert section
-    text = _text(section.group(0))
+    text = _text(
+        _block(r.text, rf'<section class="panel device" data-device="{s.device_key}".*?</section>')
+    )
     assert "1 / 1 online" in text and "queue 2" in text  # one running, one queued
     # The worker's own target key, derived from the hardware it reported.
     assert "dash-host" in text and HASWELL.target_key in text and "online" in text
@@ -110,17 +117,15 @@ def test_schedules_page(client_and_seed):
     client, s = client_and_seed
     r = client.get("/schedules")
     assert r.status_code == 200
-    block = re.search(rf'<div class="schedule" data-workload="{s.workload_key}".*?</details>',
-                      r.text, re.S)  # fmt: skip
-    assert block
-    text = _text(block.group(0))
+    block = _block(r.text, rf'<div class="schedule" data-workload="{s.workload_key}".*?</details>')
+    text = _text(block)
     assert s.target_key in text and "1.000 ms" in text
     assert s.worker_id in text and s.device_key in text and "TVM 0.27.0" in text
     assert f"job #{s.job_id}" in text
     base = "http://testserver"
     assert f"autosched --url {base} fetch {s.workload_name}.json --target {s.target_key}" in text
     assert f"curl -s '{base}/v1/schedules/{s.workload_key}?target={s.target_key}'" in text
-    assert "\n".join(format_trace(s.trace)) in html.unescape(block.group(0))
+    assert "\n".join(format_trace(s.trace)) in html.unescape(block)
     assert s.workload_name in _text(r.text)
 
 
@@ -138,8 +143,11 @@ def test_trials_and_schedules_json(client_and_seed):
     best = by_id[s.trial_ids["best"]]
     assert best["gflops"] == pytest.approx(s.flops / 1e-3 / 1e9)
     # Numbered as the curve: same order, same count.
-    curve = client.get(f"/v1/jobs/{s.job_id}").json()["curve"]
-    assert [p["status"] for p in curve] == [t["status"] for t in trials[:5]]
+    job = client.get(f"/v1/jobs/{s.job_id}").json()
+    assert [p["status"] for p in job["curve"]] == [t["status"] for t in trials[:5]]
+    # The speedup the pages show is the job's own field: static 2 ms over best 1 ms.
+    assert job["static_latency"] == pytest.approx(2e-3)
+    assert job["speedup_over_static"] == pytest.approx(2.0)
     newest = client.get(f"/v1/jobs/{s.job_id}/trials", params={"limit": 2}).json()
     assert newest["total"] == 7 and [t["state"] for t in newest["trials"]] == ["running", "queued"]
     assert client.get("/v1/jobs/987654321/trials").status_code == 404
@@ -258,6 +266,20 @@ def test_no_inline_styles_or_scripts():
             attrs, body = script.groups()
             assert "src=" in attrs or 'type="application/json"' in attrs, (path.name, attrs)
             assert "src=" not in attrs or not body.strip(), path.name
+
+
+def test_pages_carry_the_vocabulary_for_their_scripts(sqlite_url, tmp_path):
+    """Job, trial and worker states reach the scripts as JSON data in every page, from
+    autosched.vocabulary; job.js keeps no copy of the terminal states."""
+    with api_client(sqlite_url, tmp_path) as client:
+        for path in ("/", "/farm", "/schedules", "/jobs/987654321"):
+            page = client.get(path).text
+            data = re.search(
+                r'<script type="application/json" id="autosched-vocabulary">(.*?)</script>', page
+            )
+            assert data and json.loads(html.unescape(data.group(1))) == vocabulary.as_json(), path
+    job_js = (STATIC_DIR / "job.js").read_text()
+    assert "autosched.vocabulary.terminal_job_states" in job_js and '"succeeded"' not in job_js
 
 
 def test_failure_colours_match_the_chart():

@@ -31,7 +31,7 @@ from autosched.db.models import utcnow
 from autosched.service.tokens import create_token
 from autosched.settings import Settings
 from autosched.tune.trial import TrialStatus
-from autosched.vocabulary import JobState
+from autosched.vocabulary import TERMINAL_JOB_STATES, JobState
 from services.api import create_app
 from tests.api_support import add_trial, db, matmul
 from tests.dashboard_support import register_worker, seed_job
@@ -456,7 +456,7 @@ def test_real_tuning_job(page, tmp_path, device_key):
             deadline = time.monotonic() + 300
             while True:
                 job = api.get(f"/v1/jobs/{job_id}").json()
-                if job["state"] in ("succeeded", "failed", "cancelled"):
+                if job["state"] in TERMINAL_JOB_STATES:
                     break
                 assert time.monotonic() < deadline, f"job still {job['state']}"
                 page.wait_for_timeout(500)

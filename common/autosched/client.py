@@ -13,15 +13,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 import tenacity
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from autosched.errors import ApiError, ConfigError, InvalidRequestError
 from autosched.schemas import (
+    BestSchedule,
     JobCreate,
     JobDetail,
     JobView,
@@ -31,6 +32,7 @@ from autosched.schemas import (
     Strategy,
     TokenCreate,
     TokenCreated,
+    TrialPage,
     WorkerRegister,
     WorkerView,
     WorkloadView,
@@ -60,8 +62,7 @@ _TRANSIENT: tuple[type[Exception], ...] = (
 _NOT_SENT: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
 _RETRY_STATUSES: frozenset[int] = frozenset({502, 503, 504})
 
-_JOBS = TypeAdapter(list[JobView])
-_WORKERS = TypeAdapter(list[WorkerView])
+T = TypeVar("T")
 
 
 class Client:
@@ -106,12 +107,10 @@ class Client:
 
     def register_workload(self, workload: Workload | dict[str, Any]) -> WorkloadView:
         """Store a compute declaration (idempotent: a known one answers ``created=False``)."""
-        return WorkloadView.model_validate(
-            self._request("POST", "/v1/workloads", json=_doc(workload))
-        )
+        return self._call(WorkloadView, "POST", "/v1/workloads", json=_doc(workload))
 
     def workload(self, key: str) -> WorkloadView:
-        return WorkloadView.model_validate(self._request("GET", f"/v1/workloads/{_seg(key)}"))
+        return self._call(WorkloadView, "GET", f"/v1/workloads/{_seg(key)}")
 
     # Jobs
 
@@ -131,33 +130,31 @@ class Client:
         Not retried once the request may have reached the server: a second POST would queue
         a second job.
         """
-        try:
-            body = JobCreate(
-                workload_keys=[w for w in workloads if isinstance(w, str)],
-                workloads=[_doc(w) for w in workloads if not isinstance(w, str)],
-                device_key=device_key,
-                target=target,
-                trials=trials,
-                strategy=strategy,
-                priority=priority,
-                seed=seed,
-            )
-        except ValidationError as err:
-            raise InvalidRequestError(_errors_text(err.errors())) from None
-        data = self._request(
-            "POST", "/v1/jobs", json=body.model_dump(mode="json"), retry_on=_NOT_SENT, statuses=()
+        body = _body(
+            JobCreate,
+            workload_keys=[w for w in workloads if isinstance(w, str)],
+            workloads=[_doc(w) for w in workloads if not isinstance(w, str)],
+            device_key=device_key,
+            target=target,
+            trials=trials,
+            strategy=strategy,
+            priority=priority,
+            seed=seed,
         )
-        return JobView.model_validate(data)
+        return self._call(JobView, "POST", "/v1/jobs", json=body, retry_on=_NOT_SENT, statuses=())
 
     def jobs(self, state: str | None = None) -> list[JobView]:
-        params = {"state": state} if state else None
-        return _JOBS.validate_python(self._request("GET", "/v1/jobs", params=params))
+        return self._call(list[JobView], "GET", "/v1/jobs", params={"state": state or None})
 
     def job(self, job_id: int) -> JobDetail:
-        return JobDetail.model_validate(self._request("GET", f"/v1/jobs/{job_id}"))
+        return self._call(JobDetail, "GET", f"/v1/jobs/{job_id}")
 
     def cancel_job(self, job_id: int) -> JobView:
-        return JobView.model_validate(self._request("POST", f"/v1/jobs/{job_id}/cancel"))
+        return self._call(JobView, "POST", f"/v1/jobs/{job_id}/cancel")
+
+    def job_trials(self, job_id: int, limit: int | None = None) -> TrialPage:
+        """Numbered as on the job's curve (``limit``: the newest only); errors need a token."""
+        return self._call(TrialPage, "GET", f"/v1/jobs/{job_id}/trials", params={"limit": limit})
 
     def wait_for_job(
         self,
@@ -190,35 +187,34 @@ class Client:
 
     def schedule(self, workload_key: str, target: str | None = None) -> ScheduleView:
         """The best schedule of a stored workload (the static one while nothing is tuned)."""
-        params = {"target": target} if target else None
-        data = self._request("GET", f"/v1/schedules/{_seg(workload_key)}", params=params)
-        return ScheduleView.model_validate(data)
+        path = f"/v1/schedules/{_seg(workload_key)}"
+        return self._call(ScheduleView, "GET", path, params={"target": target or None})
 
     def lookup_schedule(
         self, workload: Workload | dict[str, Any], target: str | None = None
     ) -> ScheduleView:
         """Like ``schedule``, but the server computes the key from the declaration itself."""
-        try:
-            body = ScheduleLookup(workload=_doc(workload), target=target)
-        except ValidationError as err:
-            raise InvalidRequestError(_errors_text(err.errors())) from None
-        data = self._request("POST", "/v1/schedules/lookup", json=body.model_dump(mode="json"))
-        return ScheduleView.model_validate(data)
+        body = _body(ScheduleLookup, workload=_doc(workload), target=target)
+        return self._call(ScheduleView, "POST", "/v1/schedules/lookup", json=body)
+
+    def best_schedules(
+        self, workload_key: str | None = None, target: str | None = None, limit: int | None = None
+    ) -> list[BestSchedule]:
+        """The cached best (tuned) schedules with their provenance; ``schedule`` fetches one."""
+        params = {"workload_key": workload_key, "target": target, "limit": limit}
+        return self._call(list[BestSchedule], "GET", "/v1/schedules", params=params)
 
     # Workers
 
     def register_worker(self, registration: WorkerRegister) -> WorkerView:
-        data = self._request(
-            "POST", "/v1/workers/register", json=registration.model_dump(mode="json")
-        )
-        return WorkerView.model_validate(data)
+        body = registration.model_dump(mode="json")
+        return self._call(WorkerView, "POST", "/v1/workers/register", json=body)
 
     def heartbeat(self, worker_id: str) -> WorkerView:
-        data = self._request("POST", f"/v1/workers/{_seg(worker_id)}/heartbeat")
-        return WorkerView.model_validate(data)
+        return self._call(WorkerView, "POST", f"/v1/workers/{_seg(worker_id)}/heartbeat")
 
     def workers(self) -> list[WorkerView]:
-        return _WORKERS.validate_python(self._request("GET", "/v1/workers"))
+        return self._call(list[WorkerView], "GET", "/v1/workers")
 
     # Tokens (admin) and health
 
@@ -228,14 +224,10 @@ class Client:
         """A new bearer token; not retried once sent, since a retry would mint a second one.
 
         ``device_keys``: what a worker token may register workers for."""
-        try:
-            body = TokenCreate(
-                name=name, scopes=list(scopes), device_keys=list(device_keys)
-            ).model_dump(mode="json")
-        except ValidationError as err:
-            raise InvalidRequestError(_errors_text(err.errors())) from None
-        data = self._request("POST", "/v1/tokens", json=body, retry_on=_NOT_SENT, statuses=())
-        return TokenCreated.model_validate(data)
+        body = _body(TokenCreate, name=name, scopes=list(scopes), device_keys=list(device_keys))
+        return self._call(
+            TokenCreated, "POST", "/v1/tokens", json=body, retry_on=_NOT_SENT, statuses=()
+        )
 
     def healthz(self) -> bool:
         """Whether the server answers at all (one attempt: a probe must answer fast)."""
@@ -249,30 +241,20 @@ class Client:
         response = self._send("GET", "/readyz", retry_on=(), statuses=())
         if response.status_code not in (200, 503):
             raise _api_error(response)
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
+        body = _json_or_none(response)
         if not isinstance(body, dict):
             raise _api_error(response)
         return body
 
     # Transport
 
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: dict[str, str] | None = None,
-        retry_on: tuple[type[Exception], ...] = _TRANSIENT,
-        statuses: Sequence[int] = _RETRY_STATUSES,
-    ) -> Any:
-        """Send with retries, then return the JSON body or raise ``ApiError``."""
-        response = self._send(
-            method, path, json=json, params=params, retry_on=retry_on, statuses=statuses
-        )
+    def _call(self, answer: type[T], method: str, path: str, **send: Any) -> T:
+        """``_request``, its JSON body parsed into ``answer`` (a schema, or a list of one)."""
+        return TypeAdapter(answer).validate_python(self._request(method, path, **send))
+
+    def _request(self, method: str, path: str, **send: Any) -> Any:
+        """``_send``, then return the JSON body or raise ``ApiError``."""
+        response = self._send(method, path, **send)
         if not response.is_success:
             raise _api_error(response)
         return response.json() if response.content else None
@@ -282,11 +264,14 @@ class Client:
         method: str,
         path: str,
         *,
-        retry_on: tuple[type[Exception], ...],
-        statuses: Sequence[int],
         json: Any = None,
-        params: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+        retry_on: tuple[type[Exception], ...] = _TRANSIENT,
+        statuses: Sequence[int] = _RETRY_STATUSES,
     ) -> httpx.Response:
+        """Send, retried on ``retry_on`` errors and on ``statuses``; None parameters left out."""
+        params = {name: value for name, value in (params or {}).items() if value is not None}
+
         def attempt() -> httpx.Response:
             response = self._http.request(method, path, json=json, params=params)
             if response.status_code in statuses:
@@ -328,6 +313,14 @@ def _configured_token() -> str | None:
         return None
 
 
+def _body(model: type[BaseModel], **fields: Any) -> Any:
+    """A request body checked against its schema before it is sent (InvalidRequestError)."""
+    try:
+        return model(**fields).model_dump(mode="json")
+    except ValidationError as err:
+        raise InvalidRequestError(_errors_text(err.errors())) from None
+
+
 def _doc(workload: Workload | dict[str, Any]) -> dict[str, Any]:
     return workload if isinstance(workload, dict) else workload.to_json()
 
@@ -337,12 +330,16 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:  # a proxy's page, or no body
+        return None
+
+
 def _api_error(response: httpx.Response) -> ApiError:
     """The server's ``{"detail": ..., "path"?: ...}`` as an ApiError; a proxy's page as text."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    body = _json_or_none(response)
     if isinstance(body, dict) and "detail" in body:
         detail = body["detail"]
         text = detail if isinstance(detail, str) else _errors_text(detail)

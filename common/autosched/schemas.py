@@ -10,10 +10,18 @@ database.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    computed_field,
+    model_validator,
+)
 
 from autosched.vocabulary import TARGET_KEY_PATTERN
 
@@ -100,6 +108,22 @@ class CurvePoint(BaseModel):
     best_gflops: float | None  # best so far for that workload
 
 
+def summed_latency(latencies: Iterable[float | None]) -> float | None:
+    """A job's latency: its workloads' added up, None unless every one is known."""
+    values = list(latencies)
+    if not values or any(v is None for v in values):
+        return None
+    return sum(v for v in values if v is not None)
+
+
+def speedup_over_static(static: float | None, best: float | None) -> float | None:
+    """How many times faster the best schedule runs than the static one (static latency
+    over best latency); None until both are measured and the best is above zero."""
+    if static is None or best is None or best <= 0:
+        return None
+    return static / best
+
+
 class JobWorkloadView(BaseModel):
     workload_key: str
     name: str
@@ -107,7 +131,11 @@ class JobWorkloadView(BaseModel):
     best_latency: float | None
     best_gflops: float | None
     static_latency: float | None
-    speedup_over_static: float | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def speedup_over_static(self) -> float | None:
+        return speedup_over_static(self.static_latency, self.best_latency)
 
 
 class JobView(BaseModel):
@@ -128,9 +156,51 @@ class JobView(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def static_latency(self) -> float | None:
+        """Summed over workloads, once each has its static schedule measured."""
+        return summed_latency(w.static_latency for w in self.workloads)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def speedup_over_static(self) -> float | None:
+        """The job's best schedules against the static ones: summed static latencies over
+        summed best ones, None until every workload has its own speedup."""
+        if not self.workloads or any(w.speedup_over_static is None for w in self.workloads):
+            return None
+        return speedup_over_static(
+            self.static_latency, summed_latency(w.best_latency for w in self.workloads)
+        )
+
 
 class JobDetail(JobView):
     curve: list[CurvePoint]
+
+
+class TrialView(BaseModel):
+    id: int
+    # 1-based position among the job's done trials, the curve's x (None until done).
+    number: int | None
+    workload_key: str
+    state: str  # TrialState
+    status: str | None  # TrialStatus, once done
+    latency: float | None  # seconds
+    gflops: float | None
+    error: str | None
+    worker_id: str | None
+    build_secs: float | None
+    run_secs: float | None
+    dispatch_count: int
+    dispatched_at: datetime | None
+    finished_at: datetime | None
+
+
+class TrialPage(BaseModel):
+    """What ``GET /v1/jobs/{id}/trials`` returns."""
+
+    total: int  # all trials of the job (the list may hold only the newest ``limit``)
+    trials: list[TrialView]  # done trials by number, then those still queued or running
 
 
 class ScheduleView(BaseModel):
@@ -150,6 +220,23 @@ class ScheduleView(BaseModel):
     device_key: str | None
     tvm_version: str
     updated_at: datetime | None
+
+
+class BestSchedule(BaseModel):
+    """One cached best schedule (``best_configs`` row) with its provenance, as
+    ``GET /v1/schedules`` lists them."""
+
+    workload_key: str
+    workload_name: str
+    target_key: str
+    latency: float
+    gflops: float
+    worker_id: str | None
+    device_key: str
+    tvm_version: str
+    updated_at: datetime
+    trial_id: int
+    job_id: int | None  # the job that measured it
 
 
 class ScheduleLookup(BaseModel):

@@ -23,7 +23,7 @@ from rich.table import Table
 from autosched.cli.output import _age, _ms, _num, _state, console, err_console
 from autosched.cli.workload import WorkloadPath, _load
 from autosched.errors import AutoschedError
-from autosched.schemas import JobDetail, JobView, Scope, Strategy
+from autosched.schemas import JobDetail, Scope, Strategy
 
 if TYPE_CHECKING:
     from autosched.client import Client
@@ -77,14 +77,6 @@ def _api_errors() -> Iterator[None]:
         raise typer.Exit(1) from err
 
 
-def _speedup(job: JobView) -> float | None:
-    """All workloads' static latency over their tuned one (None until each has both)."""
-    pairs = [(w.static_latency, w.best_latency) for w in job.workloads]
-    if not pairs or any(s is None or b is None or b <= 0 for s, b in pairs):
-        return None
-    return sum(s for s, _ in pairs) / sum(b for _, b in pairs)  # type: ignore[misc]
-
-
 def _watch(client: Client, job_id: int) -> JobDetail:
     """Follow a job with a progress bar until it ends, then print its summary."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -118,7 +110,8 @@ def _summary(job: JobDetail) -> None:
     errors = ", ".join(f"{k} {v}" for k, v in job.errors.items() if v) or "none"
     console.print(
         f"job {job.id} {_state(job.state)}: {job.trials_done}/{job.trials_total} trials, "
-        f"best {_num(job.best_gflops)} GFLOP/s, speedup over static {_num(_speedup(job), '.2f')}x, "
+        f"best {_num(job.best_gflops)} GFLOP/s, "
+        f"speedup over static {_num(job.speedup_over_static, '.2f')}x, "
         f"errors {errors}"
     )
     if job.error:
@@ -199,7 +192,7 @@ def jobs(
             job.device_key,
             f"{job.trials_done}/{job.trials_total}",
             _num(job.best_gflops),
-            _num(_speedup(job), ".2f"),
+            _num(job.speedup_over_static, ".2f"),
             _age(job.created_at),
         )
     console.print(table)

@@ -11,62 +11,25 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from autosched.db.models import BestConfig, Job, JobWorkload, Trial, WorkloadRow, utcnow
-from autosched.errors import NotFoundError
-from autosched.schemas import StageView, WorkerView
+from autosched.schemas import BestSchedule, StageView, TrialPage, TrialView, WorkerView
 from autosched.service.farm import list_workers, public_worker_id, redact_worker
-from autosched.service.jobs import workload_flops
+from autosched.service.jobs import gflops_of, job_row, workload_flops
+from autosched.service.schedules import best_config_view
 from autosched.trace_format import format_trace
 from autosched.tune.trial import TrialStatus
 from autosched.vocabulary import TrialState
 
+V = TypeVar("V", bound=BestSchedule)
+
 # Trials/min counts trials finished in this window (long enough to smooth batches).
 THROUGHPUT_WINDOW_S = 300.0
-
-
-class TrialView(BaseModel):
-    id: int
-    # 1-based position among the job's done trials, the curve's x (None until done).
-    number: int | None
-    workload_key: str
-    state: str  # TrialState
-    status: str | None  # TrialStatus, once done
-    latency: float | None  # seconds
-    gflops: float | None
-    error: str | None
-    worker_id: str | None
-    build_secs: float | None
-    run_secs: float | None
-    dispatch_count: int
-    dispatched_at: datetime | None
-    finished_at: datetime | None
-
-
-class TrialPage(BaseModel):
-    total: int  # all trials of the job (the list may hold only the newest ``limit``)
-    trials: list[TrialView]  # done trials by number, then those still queued or running
-
-
-class BestSchedule(BaseModel):
-    """One cached best schedule (``best_configs`` row) with its provenance."""
-
-    workload_key: str
-    workload_name: str
-    target_key: str
-    latency: float
-    gflops: float
-    worker_id: str | None
-    device_key: str
-    tvm_version: str
-    updated_at: datetime
-    trial_id: int
-    job_id: int | None  # the job that measured it
 
 
 class BestScheduleDetail(BestSchedule):
@@ -88,15 +51,8 @@ class FarmWorkerView(WorkerView):
     error_rate: float | None  # failed / done, None before any trial
 
 
-def _gflops(flops: float, latency: float | None) -> float | None:
-    return flops / latency / 1e9 if latency else None
-
-
-def _job(session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFoundError(f"no job with id {job_id}")
-    return job
+def _worker_id(worker_id: str | None, redact: bool) -> str | None:
+    return public_worker_id(worker_id) if redact else worker_id
 
 
 def job_trials(
@@ -104,7 +60,7 @@ def job_trials(
 ) -> TrialPage:
     """A job's trials, numbered as the curve numbers them (done trials in finishing order),
     followed by those in flight; with ``limit``, only the newest ``limit``."""
-    _job(session, job_id)
+    job_row(session, job_id)
     flops = workload_flops(session, job_id)
     rows = session.execute(
         select(
@@ -144,9 +100,9 @@ def job_trials(
                 state=row.state,
                 status=row.status,
                 latency=row.latency,
-                gflops=_gflops(flops.get(row.workload_key, 0.0), row.latency) if ok else None,
+                gflops=gflops_of(flops.get(row.workload_key, 0.0), row.latency) if ok else None,
                 error=None if redact else row.error,
-                worker_id=public_worker_id(row.worker_id) if redact else row.worker_id,
+                worker_id=_worker_id(row.worker_id, redact),
                 build_secs=row.build_secs,
                 run_secs=row.run_secs,
                 dispatch_count=row.dispatch_count,
@@ -168,30 +124,19 @@ def _best_query() -> Select[tuple[BestConfig, str, int | None]]:
     )
 
 
-def _best_view(best: BestConfig, name: str, job_id: int | None, redact: bool) -> BestSchedule:
-    return BestSchedule(
-        workload_key=best.workload_key,
-        workload_name=name,
-        target_key=best.target_key,
-        latency=best.latency,
-        gflops=best.gflops,
-        worker_id=public_worker_id(best.worker_id) if redact else best.worker_id,
-        device_key=best.device_key,
-        tvm_version=best.tvm_version,
-        updated_at=best.updated_at,
-        trial_id=best.trial_id,
-        job_id=job_id,
+def _best(
+    model: type[V], row: tuple[BestConfig, str, int | None], redact: bool, **fields: Any
+) -> V:
+    """A view of one row of ``_best_query``: the workload's name and the measuring job added."""
+    best, name, job_id = row
+    worker_id = _worker_id(best.worker_id, redact)
+    return best_config_view(
+        model, best, workload_name=name, job_id=job_id, worker_id=worker_id, **fields
     )
 
 
-def _best_detail(
-    best: BestConfig, name: str, job_id: int | None, redact: bool
-) -> BestScheduleDetail:
-    return BestScheduleDetail(
-        **_best_view(best, name, job_id, redact).model_dump(),
-        config=best.config,
-        trace=format_trace(best.trace),
-    )
+def _best_detail(row: tuple[BestConfig, str, int | None], redact: bool) -> BestScheduleDetail:
+    return _best(BestScheduleDetail, row, redact, trace=format_trace(row[0].trace))
 
 
 def list_best_schedules(
@@ -208,7 +153,7 @@ def list_best_schedules(
         query = query.where(BestConfig.workload_key == workload_key)
     if target_key is not None:
         query = query.where(BestConfig.target_key == target_key)
-    return [_best_view(*row, redact) for row in session.execute(query.limit(limit))]
+    return [_best(BestSchedule, row, redact) for row in session.execute(query.limit(limit))]
 
 
 def best_schedule_details(
@@ -216,12 +161,12 @@ def best_schedule_details(
 ) -> list[BestScheduleDetail]:
     """The schedules page: every cached best schedule with its config and readable trace."""
     query = _best_query().order_by(WorkloadRow.name, BestConfig.workload_key, BestConfig.target_key)
-    return [_best_detail(*row, redact) for row in session.execute(query.limit(limit))]
+    return [_best_detail(row, redact) for row in session.execute(query.limit(limit))]
 
 
 def job_workloads(session: Session, job_id: int, *, redact: bool = True) -> list[JobWorkloadInfo]:
     """The job's workloads in order: stages (meta-templates) and best schedule on its target."""
-    job = _job(session, job_id)
+    job = job_row(session, job_id)
     rows = session.execute(
         select(WorkloadRow)
         .join(JobWorkload, JobWorkload.workload_key == WorkloadRow.key)
@@ -235,7 +180,7 @@ def job_workloads(session: Session, job_id: int, *, redact: bool = True) -> list
             BestConfig.target_key == job.target_key,
             BestConfig.workload_key.in_([w.key for w in workloads]),
         )
-        best = {row[0].workload_key: _best_detail(*row, redact) for row in session.execute(query)}
+        best = {row[0].workload_key: _best_detail(row, redact) for row in session.execute(query)}
     return [
         JobWorkloadInfo(
             workload_key=w.key,

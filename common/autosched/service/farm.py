@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import case, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from autosched.db.models import Device, Trial, Worker, utcnow
 from autosched.errors import (
@@ -255,3 +255,16 @@ def _view(w: Worker, queue_depth: int, trials_done: int, errors: int) -> WorkerV
         trials_done=trials_done,
         errors=errors,
     )
+
+
+T = TypeVar("T")
+
+
+def freshest_online(session: Session, column: InstrumentedAttribute[T], target: str) -> T | None:
+    """``column`` of the online worker compiling for ``target`` that heartbeated last."""
+    return session.scalars(
+        select(column)
+        .where(Worker.state == WorkerState.ONLINE, Worker.target_key == target)
+        .order_by(Worker.last_heartbeat.desc())
+        .limit(1)
+    ).first()

@@ -35,12 +35,20 @@ from autosched.errors import (
     QuotaExceededError,
 )
 from autosched.hardware import HardwareParams
-from autosched.schemas import CurvePoint, JobCreate, JobDetail, JobView, JobWorkloadView
+from autosched.schemas import (
+    CurvePoint,
+    JobCreate,
+    JobDetail,
+    JobView,
+    JobWorkloadView,
+    summed_latency,
+)
+from autosched.service.farm import freshest_online
 from autosched.service.tokens import Caller
 from autosched.service.workloads import register_workload
 from autosched.settings import Settings
 from autosched.tune.trial import TrialStatus
-from autosched.vocabulary import TERMINAL_JOB_STATES, JobState, TrialState, WorkerState
+from autosched.vocabulary import TERMINAL_JOB_STATES, JobState, TrialState
 
 ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
 
@@ -141,12 +149,7 @@ def create_job(
 
 def _device_for_target(session: Session, target: str) -> str:
     """The device key of an online worker compiling for ``target`` (the freshest one)."""
-    device_key = session.scalars(
-        select(Worker.device_key)
-        .where(Worker.state == WorkerState.ONLINE, Worker.target_key == target)
-        .order_by(Worker.last_heartbeat.desc())
-        .limit(1)
-    ).first()
+    device_key = freshest_online(session, Worker.device_key, target)
     if device_key is None:
         raise InvalidRequestError(f"no online worker serves target {target!r}")
     return device_key
@@ -163,7 +166,7 @@ def list_jobs(
 
 
 def get_job(session: Session, job_id: int, *, redact: bool = True) -> JobDetail:
-    job = _get(session, job_id)
+    job = job_row(session, job_id)
     view = _views(session, [job], redact=redact)[0]
     return JobDetail(**view.model_dump(), curve=_curve(session, job_id))
 
@@ -176,7 +179,7 @@ def cancel_job(session: Session, job_id: int, *, caller: Caller) -> JobView:
     finds ``cancel_requested`` set. Queued trials are cancelled right away so workers skip
     them. The answer is the owner's view: unredacted.
     """
-    job = _get(session, job_id)
+    job = job_row(session, job_id)
     if not caller.owns(job.owner_token_id):
         raise PermissionDeniedError(f"job {job_id} belongs to another token")
     if job.state in TERMINAL_JOB_STATES:
@@ -208,7 +211,7 @@ def cancel_job(session: Session, job_id: int, *, caller: Caller) -> JobView:
     return _views(session, [job], redact=False)[0]
 
 
-def _get(session: Session, job_id: int) -> Job:
+def job_row(session: Session, job_id: int) -> Job:
     job = session.get(Job, job_id)
     if job is None:
         raise NotFoundError(f"no job with id {job_id}")
@@ -225,7 +228,8 @@ class _WorkloadStats:
     best: float | None = None
 
 
-def _gflops(flops: float, latency: float | None) -> float | None:
+def gflops_of(flops: float, latency: float | None) -> float | None:
+    """GFLOP/s of a run of ``flops`` floating-point operations taking ``latency`` seconds."""
     return flops / latency / 1e9 if latency else None
 
 
@@ -286,12 +290,7 @@ def _job_view(
     job: Job, workloads: list[_WorkloadStats], done: int, errors: dict[str, int], redact: bool
 ) -> JobView:
     per_workload = 1 if job.strategy == "static" else job.trials_per_workload
-    bests = [w.best for w in workloads]
-    best_latency = (
-        sum(b for b in bests if b is not None)
-        if workloads and all(b is not None for b in bests)
-        else None
-    )
+    best_latency = summed_latency(w.best for w in workloads)
     return JobView(
         id=job.id,
         state=job.state,
@@ -302,7 +301,7 @@ def _job_view(
         trials_total=per_workload * len(workloads),
         trials_done=done,
         best_latency=best_latency,
-        best_gflops=_gflops(sum(w.flops for w in workloads), best_latency),
+        best_gflops=gflops_of(sum(w.flops for w in workloads), best_latency),
         errors=errors,
         workloads=[
             JobWorkloadView(
@@ -310,11 +309,8 @@ def _job_view(
                 name=w.name,
                 trials_done=w.done,
                 best_latency=w.best,
-                best_gflops=_gflops(w.flops, w.best),
+                best_gflops=gflops_of(w.flops, w.best),
                 static_latency=w.static_latency,
-                speedup_over_static=(
-                    w.static_latency / w.best if w.static_latency and w.best else None
-                ),
             )
             for w in workloads
         ],
@@ -349,7 +345,7 @@ def _curve(session: Session, job_id: int) -> list[CurvePoint]:
     curve = []
     for n, (key, status, latency) in enumerate(rows, start=1):
         ok = status == TrialStatus.OK and latency is not None
-        gflops = _gflops(flops.get(key, 0.0), latency) if ok else None
+        gflops = gflops_of(flops.get(key, 0.0), latency) if ok else None
         if gflops is not None and gflops > best.get(key, -1.0):
             best[key] = gflops
         curve.append(

@@ -9,8 +9,10 @@ nothing: storing a workload is ``POST /v1/workloads``, which needs a submit toke
 from __future__ import annotations
 
 import re
+from typing import Any, TypeVar
 
-from sqlalchemy import select
+from pydantic import BaseModel
+from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
 from autosched.db.models import BestConfig, TemplateRow, Worker
@@ -18,6 +20,7 @@ from autosched.errors import InvalidRequestError, NotFoundError
 from autosched.hardware import HardwareParams
 from autosched.schemas import TARGET_KEY_MAX, ScheduleLookup, ScheduleView
 from autosched.service import workload_sandbox
+from autosched.service.farm import freshest_online
 from autosched.service.workload_sandbox import BuiltTemplate
 from autosched.service.workloads import (
     check_document,
@@ -25,7 +28,18 @@ from autosched.service.workloads import (
     get_workload_row,
     template_row,
 )
-from autosched.vocabulary import TARGET_KEY_PATTERN, WorkerState
+from autosched.vocabulary import TARGET_KEY_PATTERN
+
+V = TypeVar("V", bound=BaseModel)
+#: The columns of a cached best schedule (``best_configs``), by attribute name.
+BEST_COLUMNS = frozenset(inspect(BestConfig).column_attrs.keys())
+
+
+def best_config_view(model: type[V], best: BestConfig, **fields: Any) -> V:
+    """A view of a cached best schedule: each field of ``model`` named as a column of its
+    ``best_configs`` row takes that column's value, unless ``fields`` gives it."""
+    columns = {name: getattr(best, name) for name in model.model_fields if name in BEST_COLUMNS}
+    return model(**{**columns, **fields})
 
 
 def get_schedule(
@@ -48,7 +62,7 @@ def get_schedule(
         template = template_row(session, row.key, hw, lambda _hw: facts.targets[0])
 
     if best is not None:
-        return _tuned(row.key, target, _as_built(template), best)
+        return _tuned(_as_built(template), best)
     if built is None or built.static_trace is None:
         trace, version = workload_sandbox.static_trace(
             row.wire, template.hardware, template.template, template.static_config
@@ -72,7 +86,7 @@ def lookup_schedule(session: Session, req: ScheduleLookup, host_hw: HardwarePara
     template = _as_built(stored) if stored is not None else built
     best = session.get(BestConfig, (facts.key, target))
     if best is not None:
-        return _tuned(facts.key, target, template, best)
+        return _tuned(template, best)
     if template.hardware != built.hardware or template.static_config != built.static_config:
         trace, _ = workload_sandbox.static_trace(
             req.workload, template.hardware, template.template, template.static_config
@@ -96,7 +110,6 @@ def check_target_key(target: str) -> str:
 
 
 def _target(target_key: str | None, host_hw: HardwareParams) -> str:
-
     return check_target_key(target_key) if target_key is not None else host_hw.target_key
 
 
@@ -104,21 +117,9 @@ def _as_built(row: TemplateRow) -> BuiltTemplate:
     return BuiltTemplate(row.target_key, row.hardware, row.template, row.static_config)
 
 
-def _tuned(key: str, target: str, template: BuiltTemplate, best: BestConfig) -> ScheduleView:
-    return ScheduleView(
-        workload_key=key,
-        target_key=target,
-        source="tuned",
-        config=best.config,
-        template=template.template,
-        hardware=template.hardware,
-        trace=best.trace,
-        latency=best.latency,
-        gflops=best.gflops,
-        worker_id=best.worker_id,
-        device_key=best.device_key,
-        tvm_version=best.tvm_version,
-        updated_at=best.updated_at,
+def _tuned(template: BuiltTemplate, best: BestConfig) -> ScheduleView:
+    return best_config_view(
+        ScheduleView, best, source="tuned", template=template.template, hardware=template.hardware
     )
 
 
@@ -144,13 +145,7 @@ def _static(key: str, built: BuiltTemplate, tvm_version: str) -> ScheduleView:
 def _hardware_for(session: Session, target: str, host_hw: HardwareParams) -> HardwareParams:
     """Hardware of a target: an online worker's, else the host's, else that of a template
     stored for it (its worker may be offline now)."""
-
-    doc = session.scalars(
-        select(Worker.hardware)
-        .where(Worker.state == WorkerState.ONLINE, Worker.target_key == target)
-        .order_by(Worker.last_heartbeat.desc())
-        .limit(1)
-    ).first()
+    doc = freshest_online(session, Worker.hardware, target)
     if doc is not None:
         return HardwareParams.from_json(doc)
     if host_hw.target_key == target:

@@ -21,17 +21,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import fastapi
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 
+from autosched import vocabulary
 from autosched.errors import AuthenticationError, NotFoundError
-from autosched.schemas import INT32_MAX, JobView
 from autosched.service import dashboard, farm, jobs
-from autosched.vocabulary import TERMINAL_JOB_STATES, JobState
+from autosched.vocabulary import JobState, WorkerState
 from services.api.deps import BearerDep, SessionDep, StateDep, redact_for, require_read
+from services.api.params import RowIdPath
 
 HERE = Path(__file__).parent
 TEMPLATES_DIR = HERE / "templates"
@@ -111,16 +111,6 @@ def _short(key: str, length: int = 12) -> str:
     return key if len(key) <= length else key[:length] + "…"
 
 
-def job_speedup(job: JobView) -> float | None:
-    """Speedup of the job's best schedules over the static ones (summed latencies)."""
-    ws = job.workloads
-    if ws and all(w.static_latency and w.best_latency for w in ws):
-        static = sum(w.static_latency or 0.0 for w in ws)
-        best = sum(w.best_latency or 0.0 for w in ws)
-        return static / best
-    return None
-
-
 def _progress(done: int, total: int) -> float:
     return 0.0 if total <= 0 else max(0.0, min(100.0, 100.0 * done / total))
 
@@ -135,6 +125,9 @@ def _context(request: Request) -> dict[str, Any]:
 
 
 VERSION = _asset_version()
+#: The states the pages and their scripts know, from the one vocabulary (base.html embeds it
+#: as JSON data for the scripts).
+VOCABULARY = vocabulary.as_json()
 templates = Jinja2Templates(directory=TEMPLATES_DIR, context_processors=[_context])
 templates.env.filters.update(
     ms=_ms,
@@ -148,13 +141,15 @@ templates.env.filters.update(
 )
 templates.env.globals.update(
     time=_time,
-    job_speedup=job_speedup,
     progress=_progress,
     failure=_failure,
     FAILURES=FAILURES,
     OTHER_FAILURE=OTHER_FAILURE,
-    TERMINAL=sorted(TERMINAL_JOB_STATES),
-    JOB_STATES=[s.value for s in JobState],
+    VOCABULARY=VOCABULARY,
+    TERMINAL=VOCABULARY["terminal_job_states"],
+    JOB_STATES=VOCABULARY["job_states"],
+    JobState=JobState,
+    WorkerState=WorkerState,
     POLL_MS=POLL_MS,
 )
 
@@ -227,7 +222,7 @@ def jobs_page(
 @router.get("/jobs/{job_id}", response_class=HTMLResponse, name="job_page")
 def job_page(
     request: Request,
-    job_id: Annotated[int, fastapi.Path(ge=1, le=INT32_MAX)],
+    job_id: RowIdPath,
     session: SessionDep,
     access: PageAccess,
     partial: Partial = False,
@@ -246,7 +241,6 @@ def job_page(
             )  # fmt: skip
         context.update(
             job=job,
-            speedup=job_speedup(job),
             workloads=dashboard.job_workloads(session, job_id, redact=redact),
             trials=dashboard.job_trials(session, job_id, limit=TRIALS_SHOWN, redact=redact),
             multi=len(job.workloads) > 1,

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Query, status
 
-from autosched.schemas import INT32_MAX, ErrorBody, JobCreate, JobDetail, JobView
+from autosched.schemas import ErrorBody, JobCreate, JobDetail, JobView
 from autosched.service import jobs
 from autosched.vocabulary import JobState
 from services.api.deps import HostHardwareDep, QuotasDep, Reader, SessionDep, Submitter, redact_for
+from services.api.params import RowIdPath
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-#: Job ids are 32-bit row ids; anything else is a 422, never a database error.
-JobId = Annotated[int, Path(ge=1, le=INT32_MAX)]
 
 
 @router.post(
@@ -45,7 +43,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobDetail, responses={404: {"model": ErrorBody}})
-def get_job(job_id: JobId, session: SessionDep, reader: Reader) -> JobDetail:
+def get_job(job_id: RowIdPath, session: SessionDep, reader: Reader) -> JobDetail:
     """Its error text only with a token."""
     return jobs.get_job(session, job_id, redact=redact_for(reader))
 
@@ -59,6 +57,6 @@ def get_job(job_id: JobId, session: SessionDep, reader: Reader) -> JobDetail:
         409: {"model": ErrorBody},
     },
 )
-def cancel_job(job_id: JobId, session: SessionDep, caller: Submitter) -> JobView:
+def cancel_job(job_id: RowIdPath, session: SessionDep, caller: Submitter) -> JobView:
     """Queued: cancelled at once. Running: its scheduler stops it after the current batch."""
     return jobs.cancel_job(session, job_id, caller=caller)

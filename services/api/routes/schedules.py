@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Path, Query
-
-from autosched.schemas import (
-    TARGET_KEY_MAX,
-    WORKLOAD_KEY_MAX,
-    WORKLOAD_KEY_PATTERN,
-    ErrorBody,
-    ScheduleLookup,
-    ScheduleView,
-)
+from autosched.schemas import ErrorBody, ScheduleLookup, ScheduleView
 from autosched.service import schedules
-from autosched.vocabulary import TARGET_KEY_PATTERN
 from services.api.deps import HostHardwareDep, ReadAccess, SessionDep
+from services.api.params import TargetKeyQuery, WorkloadKeyPath
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 
@@ -44,12 +35,10 @@ def lookup_schedule(req: ScheduleLookup, session: SessionDep, hw: HostHardwareDe
     responses={404: {"model": ErrorBody}},
 )
 def get_schedule(
-    workload_key: Annotated[str, Path(max_length=WORKLOAD_KEY_MAX, pattern=WORKLOAD_KEY_PATTERN)],
+    workload_key: WorkloadKeyPath,
     session: SessionDep,
     hw: HostHardwareDep,
-    target: Annotated[
-        str | None, Query(max_length=TARGET_KEY_MAX, pattern=TARGET_KEY_PATTERN)
-    ] = None,
+    target: TargetKeyQuery = None,
 ) -> ScheduleView:
     """``target`` is a target key (``llvm/<mcpu>/<cores>c/<bits>b``); default: the API host's."""
     return schedules.get_schedule(session, workload_key, target, hw)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Response, status
 
-from fastapi import APIRouter, Path, Response, status
-
-from autosched.schemas import INT32_MAX, ErrorBody, TokenCreate, TokenCreated
+from autosched.schemas import ErrorBody, TokenCreate, TokenCreated
 from autosched.service import tokens
 from services.api.deps import AdminAccess, SessionDep
+from services.api.params import RowIdPath
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"], dependencies=[AdminAccess])
 
@@ -24,8 +23,6 @@ def create_token(req: TokenCreate, session: SessionDep) -> TokenCreated:
     status_code=status.HTTP_204_NO_CONTENT,
     responses={404: {"model": ErrorBody}},
 )
-def revoke_token(
-    token_id: Annotated[int, Path(ge=1, le=INT32_MAX)], session: SessionDep
-) -> Response:
+def revoke_token(token_id: RowIdPath, session: SessionDep) -> Response:
     tokens.revoke_token(session, token_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

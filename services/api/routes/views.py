@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
-from autosched.schemas import INT32_MAX, WORKLOAD_KEY_PATTERN, ErrorBody
+from autosched.schemas import BestSchedule, ErrorBody, TrialPage
 from autosched.service import dashboard
-from autosched.service.dashboard import BestSchedule, TrialPage
-from autosched.vocabulary import TARGET_KEY_PATTERN
 from services.api.deps import Reader, SessionDep, redact_for
+from services.api.params import RowIdPath, TargetKeyQuery, WorkloadKeyQuery
 
 router = APIRouter(tags=["views"])
 
@@ -23,7 +22,7 @@ router = APIRouter(tags=["views"])
     responses={404: {"model": ErrorBody}},
 )
 def job_trials(
-    job_id: Annotated[int, Path(ge=1, le=INT32_MAX)],
+    job_id: RowIdPath,
     session: SessionDep,
     reader: Reader,
     limit: Annotated[int | None, Query(ge=1, le=100_000)] = None,
@@ -37,8 +36,8 @@ def job_trials(
 def list_schedules(
     session: SessionDep,
     reader: Reader,
-    workload_key: Annotated[str | None, Query(max_length=80, pattern=WORKLOAD_KEY_PATTERN)] = None,
-    target: Annotated[str | None, Query(max_length=120, pattern=TARGET_KEY_PATTERN)] = None,
+    workload_key: WorkloadKeyQuery = None,
+    target: TargetKeyQuery = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[BestSchedule]:
     """Cached best schedules (tuned only) with provenance; fetch one with

@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Path
-
-from autosched.schemas import WORKER_ID_PATTERN, ErrorBody, WorkerRegister, WorkerView
+from autosched.schemas import ErrorBody, WorkerRegister, WorkerView
 from autosched.service import farm
 from services.api.deps import Reader, SessionDep, SettingsDep, WorkerCaller, redact_for
+from services.api.params import WorkerIdPath
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
-
-WorkerIdPath = Annotated[str, Path(max_length=200, pattern=WORKER_ID_PATTERN)]
 
 
 @router.post(

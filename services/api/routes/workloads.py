@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Response, status
+from fastapi import APIRouter, Body, Response, status
 
-from autosched.schemas import WORKLOAD_KEY_MAX, WORKLOAD_KEY_PATTERN, ErrorBody, WorkloadView
+from autosched.schemas import ErrorBody, WorkloadView
 from autosched.service.workloads import register_workload, workload_view
 from services.api.deps import HostHardwareDep, ReadAccess, SessionDep, SubmitAccess
+from services.api.params import WorkloadKeyPath
 
 router = APIRouter(prefix="/v1/workloads", tags=["workloads"])
 
@@ -45,10 +46,6 @@ def submit_workload(
     dependencies=[ReadAccess],
     responses={404: {"model": ErrorBody}},
 )
-def get_workload(
-    key: Annotated[str, Path(max_length=WORKLOAD_KEY_MAX, pattern=WORKLOAD_KEY_PATTERN)],
-    session: SessionDep,
-    hw: HostHardwareDep,
-) -> WorkloadView:
+def get_workload(key: WorkloadKeyPath, session: SessionDep, hw: HostHardwareDep) -> WorkloadView:
     """The stored workload with its template for the API host's target."""
     return workload_view(session, key, hw)

@@ -14,6 +14,10 @@
   // Page hooks, set by page scripts before DOMContentLoaded:
   //   onData(json) -> false to stop polling (e.g. the job ended); afterSwap().
   autosched.hooks = autosched.hooks || {};
+  // The server's states (job, trial, worker; autosched.vocabulary.as_json()), embedded in every
+  // page as JSON data by base.html: the scripts read them here, never a copy of their own.
+  const vocabulary = document.getElementById("autosched-vocabulary");
+  autosched.vocabulary = vocabulary ? JSON.parse(vocabulary.textContent) : {};
 
   function token() {
     try {

@@ -8,13 +8,17 @@
   "use strict";
 
   const autosched = window.autosched;
-  const TERMINAL = ["succeeded", "failed", "cancelled"];
+  const TERMINAL = autosched.vocabulary.terminal_job_states;
   const PALETTE = ["#2563eb", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777"];
   const styles = JSON.parse(document.getElementById("curve-styles").textContent);
   let chart = null;
 
   function failureStyle(status) {
     return styles.failures[status] || styles.other;
+  }
+
+  function ended(job) {
+    return TERMINAL.indexOf(job.state) >= 0;
   }
 
   function fmt(value, digits) {
@@ -154,7 +158,7 @@
 
   autosched.hooks.onData = function (job) {
     draw(job);
-    return TERMINAL.indexOf(job.state) < 0; // an ended job: one last swap, then stop
+    return !ended(job); // an ended job: one last swap, then stop
   };
   autosched.chart = function () {
     return chart;
@@ -177,8 +181,9 @@
       const res = await autosched.request(button.dataset.cancel, { method: "POST" });
       if (res.ok) {
         const job = await res.json();
+        // A queued job ends at once (cancelled); a running one is flagged for its scheduler.
         say(
-          job.state === "cancelled"
+          ended(job)
             ? "Job cancelled."
             : "Cancel requested: the scheduler stops the job after its current batch.",
           true
