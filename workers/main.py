@@ -26,6 +26,7 @@ from autosched.hardware import HardwareParams, cpu_target, describe_host, detect
 from autosched.logs import configure_logging
 from autosched.schemas import WorkerRegister
 from autosched.service import farm
+from autosched.service.celery_app import declare_queue
 from autosched.service.dispatch import device_queue
 from autosched.service.tokens import Caller
 from autosched.settings import Settings, get_settings
@@ -105,6 +106,9 @@ def run_worker(
     factory = session_factory(url)
     hw = detect_hardware()
     key = device_key or settings.device_key or default_device_key(hw)
+    app = make_celery(settings)
+    # The queue exists before the worker is seen online, so the scheduler never creates it.
+    declare_queue(app, device_queue(key))
     reg = register(factory, key, hw)
     log.info("worker %s serving %s (%s)", reg.worker_id, device_queue(key), reg.target_key)
 
@@ -113,7 +117,6 @@ def run_worker(
     tasks.configure(tasks.WorkerContext(factory, reg.worker_id, measurer))
     heartbeat = Heartbeat(factory, reg.worker_id, settings.heartbeat_interval_s)
     heartbeat.start()
-    app = make_celery(settings)
     worker = app.Worker(
         hostname=f"{key}.{reg.worker_id.rsplit(':', 1)[-1]}@{reg.hostname}",
         queues=[device_queue(key)],

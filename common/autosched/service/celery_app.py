@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import tenacity
 from celery import Celery
+from kombu import Exchange, Queue
+from sqlalchemy.exc import IntegrityError
 
 from autosched.settings import Settings, get_settings
 
@@ -58,3 +61,25 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def declare_queue(app: Celery, name: str) -> None:
+    """Create queue ``name`` on the broker (a direct exchange of the same name, as Celery
+    routes ``queue=name``).
+
+    A worker calls this before it registers, so the scheduler, which sends nothing to a
+    device key before one of its workers is online, only ever finds the queue. kombu's
+    SQLite transport creates a queue with a select-then-insert guarded only within one
+    process, so two workers of one device key starting together can still race: the loser
+    gets an IntegrityError (Celery's consumer would stop on it) and here tries again, on a
+    fresh connection, and finds the queue.
+    """
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    for attempt in tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(IntegrityError),
+        stop=tenacity.stop_after_attempt(5),
+        wait=tenacity.wait_random(0.05, 0.3),
+        reraise=True,
+    ):
+        with attempt, app.connection_for_write() as conn:
+            queue(conn.default_channel).declare()
