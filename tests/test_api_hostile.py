@@ -329,6 +329,7 @@ def _hostile_load(url: str, token: str, stop: Any, results: Any) -> None:
     results.put(dict(statuses))
 
 
+@pytest.mark.slow  # load
 def test_api_stays_responsive_under_hostile_load(api, pg_url):
     url, token = api
     before = stored_rows(pg_url)

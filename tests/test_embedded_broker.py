@@ -38,10 +38,7 @@ def _race(role: str, data_dir: Path, barrier, raw: bool) -> None:  # in a spawne
 def _run(tmp_path: Path, raw: bool) -> list[int | None]:
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(2)
-    procs = [
-        ctx.Process(target=_race, args=(role, tmp_path, barrier, raw))
-        for role in ("a", "b")
-    ]
+    procs = [ctx.Process(target=_race, args=(role, tmp_path, barrier, raw)) for role in ("a", "b")]
     for p in procs:
         p.start()
     for p in procs:

@@ -214,6 +214,7 @@ def test_cancel_stops_a_running_job_promptly(farm, scheduler):
     assert len(done_trials(factory, job_id)) < 40
 
 
+@pytest.mark.slow  # fault injection: SIGKILL
 def test_a_killed_scheduler_is_resumed_without_measuring_twice(farm):
     factory = farm.factory
     workload = salted_matmul("farm_resume")
@@ -250,6 +251,7 @@ def test_a_killed_scheduler_is_resumed_without_measuring_twice(farm):
     _assert_no_duplicates(trials)
 
 
+@pytest.mark.slow  # fault injection: SIGKILL
 def test_a_killed_worker_is_reaped_and_its_trials_finish_elsewhere(farm, scheduler):
     factory = farm.factory
     key = f"test-c-{uuid.uuid4().hex[:8]}"

@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +23,8 @@ from autosched.wire.ops import BINARY_OPS, DTYPES, INTRINSICS, REDUCERS, UNARY_O
 from tests.wire_support import base
 
 # AUTOSCHED_FUZZ_EXAMPLES=20000 for a deeper run; CI keeps the default small and fast.
+pytestmark = pytest.mark.slow  # fuzzing
+
 FUZZ = settings(
     max_examples=int(os.environ.get("AUTOSCHED_FUZZ_EXAMPLES", "200")),
     deadline=None,

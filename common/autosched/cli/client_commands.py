@@ -20,8 +20,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from autosched.cli.output import _age, _ms, _num, _state, console, err_console
-from autosched.cli.workload import WorkloadPath, _load
+from autosched.cli.output import console, err_console, fmt_age, fmt_ms, fmt_num, fmt_state
+from autosched.cli.workload import WorkloadPath, load_workload_file
 from autosched.errors import AutoschedError
 from autosched.schemas import JobDetail, Scope, Strategy
 
@@ -95,8 +95,8 @@ def _watch(client: Client, job_id: int) -> JobDetail:
                 task,
                 total=detail.trials_total,
                 completed=detail.trials_done,
-                state=_state(detail.state),
-                gflops=_num(detail.best_gflops),
+                state=fmt_state(detail.state),
+                gflops=fmt_num(detail.best_gflops),
                 errors=sum(detail.errors.values()),
             )
 
@@ -109,9 +109,9 @@ def _summary(job: JobDetail) -> None:
     """A finished job: one line of totals, its error if any, and a table of its workloads."""
     errors = ", ".join(f"{k} {v}" for k, v in job.errors.items() if v) or "none"
     console.print(
-        f"job {job.id} {_state(job.state)}: {job.trials_done}/{job.trials_total} trials, "
-        f"best {_num(job.best_gflops)} GFLOP/s, "
-        f"speedup over static {_num(job.speedup_over_static, '.2f')}x, "
+        f"job {job.id} {fmt_state(job.state)}: {job.trials_done}/{job.trials_total} trials, "
+        f"best {fmt_num(job.best_gflops)} GFLOP/s, "
+        f"speedup over static {fmt_num(job.speedup_over_static, '.2f')}x, "
         f"errors {errors}"
     )
     if job.error:
@@ -122,10 +122,10 @@ def _summary(job: JobDetail) -> None:
             w.name,
             w.workload_key[:12],
             str(w.trials_done),
-            _ms(w.best_latency),
-            _num(w.best_gflops),
-            _ms(w.static_latency),
-            _num(w.speedup_over_static, ".2f"),
+            fmt_ms(w.best_latency),
+            fmt_num(w.best_gflops),
+            fmt_ms(w.static_latency),
+            fmt_num(w.speedup_over_static, ".2f"),
         )
     console.print(table)
 
@@ -152,7 +152,7 @@ def submit(
     if device_key and target:
         console.print("[red]error:[/red] give --device-key or --target, not both")
         raise typer.Exit(2)
-    wl = _load(workload)
+    wl = load_workload_file(workload)
     if not device_key and not target:
         from autosched.hardware import detect_hardware
 
@@ -187,13 +187,13 @@ def jobs(
         shown = ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "")
         table.add_row(
             str(job.id),
-            _state(job.state),
+            fmt_state(job.state),
             escape(shown),
             job.device_key,
             f"{job.trials_done}/{job.trials_total}",
-            _num(job.best_gflops),
-            _num(job.speedup_over_static, ".2f"),
-            _age(job.created_at),
+            fmt_num(job.best_gflops),
+            fmt_num(job.speedup_over_static, ".2f"),
+            fmt_age(job.created_at),
         )
     console.print(table)
 
@@ -221,12 +221,12 @@ def fetch(
     from autosched.client import build_schedule
     from autosched.trace_format import format_trace
 
-    wl = _load(workload)
+    wl = load_workload_file(workload)
     with _api_errors(), _client(ctx) as client:
         view = client.lookup_schedule(wl, target)
     source = "[green]tuned[/green]" if view.source == "tuned" else "[yellow]static[/yellow]"
     console.print(f"workload {escape(wl.name)}  key {view.workload_key}  target {view.target_key}")
-    measured = f"{_ms(view.latency)} ({_num(view.gflops)} GFLOP/s)" if view.latency else "-"
+    measured = f"{fmt_ms(view.latency)} ({fmt_num(view.gflops)} GFLOP/s)" if view.latency else "-"
     console.print(f"source {source}  latency {measured}  device {view.device_key or '-'}")
     console.print("[bold]config[/bold]")
     stages = view.config.get("stages")
@@ -261,7 +261,7 @@ def workers(ctx: typer.Context) -> None:
             str(w.queue_depth),
             str(w.trials_done),
             str(w.errors),
-            f"{_age(w.last_heartbeat)} ago",
+            f"{fmt_age(w.last_heartbeat)} ago",
         )
     console.print(table)
 

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from autosched.cli.output import console
-from autosched.cli.workload import WorkloadPath, _load
+from autosched.cli.workload import WorkloadPath, load_workload_file
 from autosched.errors import AutoschedError
 
 
@@ -64,7 +64,7 @@ def analyze(workload: WorkloadPath) -> None:
     """Print every stage's iteration kinds, meta-template (and why), producers, consumers."""
     from autosched.analysis import analyze as analyze_func
 
-    wl = _load(workload)
+    wl = load_workload_file(workload)
     console.print(f"workload [bold]{wl.name}[/bold]  key {wl.key}")
     table = Table("stage", "iters", "extents", "meta-template", "why", "producers", "consumers")
     for s in analyze_func(wl.prim_func):
@@ -92,7 +92,7 @@ def schedule(
     from autosched.hardware import detect_hardware
     from autosched.schedule import apply_config, build_template, static_config, trace_json
 
-    wl = _load(workload)
+    wl = load_workload_file(workload)
     hw = detect_hardware()
     stages = analyze_func(wl.prim_func)
     template = build_template(wl.prim_func, hw, stages)
@@ -146,7 +146,7 @@ def tune(
         raise typer.Exit(2)
     if threads:
         os.environ["TVM_NUM_THREADS"] = str(threads)
-    wl = _load(workload)
+    wl = load_workload_file(workload)
     records = records or workload.with_suffix(".records.jsonl")
     if not resume and records.exists():
         records.unlink()

@@ -11,20 +11,22 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 
+from autosched.vocabulary import JobState
+
 # Wide enough for the analysis table when piped (rich assumes 80 columns off a terminal).
 console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 
-def _num(value: float | None, fmt: str = ".1f") -> str:
+def fmt_num(value: float | None, fmt: str = ".1f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _ms(seconds: float | None) -> str:
+def fmt_ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1e3:.4f} ms"
 
 
-def _age(when: datetime | None) -> str:
+def fmt_age(when: datetime | None) -> str:
     if when is None:
         return "-"
     when = when if when.tzinfo else when.replace(tzinfo=UTC)
@@ -35,9 +37,14 @@ def _age(when: datetime | None) -> str:
     return f"{secs}s"
 
 
-_STATE_STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
+STATE_STYLE = {
+    JobState.SUCCEEDED: "green",
+    JobState.FAILED: "red",
+    JobState.CANCELLED: "yellow",
+    JobState.RUNNING: "cyan",
+}
 
 
-def _state(state: str) -> str:
-    style = _STATE_STYLE.get(state)
+def fmt_state(state: str) -> str:
+    style = STATE_STYLE.get(state)
     return f"[{style}]{state}[/{style}]" if style else state

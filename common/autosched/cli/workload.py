@@ -17,7 +17,7 @@ from autosched.errors import AutoschedError
 WorkloadPath = Annotated[Path, typer.Argument(help="A compute declaration in the wire format")]
 
 
-def _load(path: Path):
+def load_workload_file(path: Path):
     """The workload in ``path``; a bad or unreadable file prints one red line and exits 2."""
     from autosched.wire import load_workload
 
