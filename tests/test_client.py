@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from autosched import cli
+from autosched.cli import client_commands
 from autosched.client import Client, apply_schedule, build_schedule, format_trace
 from autosched.errors import (
     ApiError,
@@ -626,7 +627,7 @@ def run_cli(monkeypatch) -> Callable[..., Any]:
             client.sleep = lambda s: None
             return client
 
-        monkeypatch.setattr(cli, "make_client", factory)
+        monkeypatch.setattr(client_commands, "make_client", factory)
         return CliRunner().invoke(cli.app, list(args))
 
     return run

@@ -18,9 +18,9 @@ from typing import Annotated
 import typer
 
 from autosched.cli import client_commands, library
-from autosched.cli.client_commands import ApiOptions, make_client
+from autosched.cli.client_commands import ApiOptions
 
-__all__ = ["COMMANDS_ENTRY_POINTS", "app", "main", "make_client"]
+__all__ = ["COMMANDS_ENTRY_POINTS", "app", "main"]
 
 app = typer.Typer(help="Auto-scheduling for TVM compute declarations.", no_args_is_help=True)
 

@@ -55,11 +55,8 @@ def make_client(url: str | None = None, token: str | None = None) -> Client:
 
 
 def _client(ctx: typer.Context) -> Client:
-    # Looked up on the package at call time: ``autosched.cli.make_client`` is what tests replace.
-    from autosched import cli
-
     opts = ctx.find_object(ApiOptions) or ApiOptions()
-    return cli.make_client(opts.url, opts.token)
+    return make_client(opts.url, opts.token)
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """A job's state changes while a scheduler holds it: its lease, start, finish and release.
 
-Each change is one conditional update (``JobHold._mine``: this scheduler's job, not yet
+Each change is one conditional update (``held_by``: this scheduler's job, not yet
 finished), so two schedulers that both think they hold a job cannot both move it: the one
 whose lease was taken over finds nothing to update and lets the job go.
 """
@@ -26,6 +26,15 @@ from autosched.vocabulary import JobState, TrialState
 log = logging.getLogger(__name__)
 
 ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+
+def held_by(job_id: int, scheduler_id: str) -> tuple[Any, ...]:
+    """The condition of every change a holding scheduler makes: its job, not yet finished."""
+    return (
+        Job.id == job_id,
+        Job.scheduler_id == scheduler_id,
+        Job.state.in_(ACTIVE_JOB_STATES),
+    )
 
 
 class JobLease(threading.Thread):
@@ -58,11 +67,7 @@ class JobLease(threading.Thread):
         with session_scope(self.factory) as session:
             renewed = session.execute(
                 update(Job)
-                .where(
-                    Job.id == self.job_id,
-                    Job.scheduler_id == self.scheduler_id,
-                    Job.state.in_(ACTIVE_JOB_STATES),
-                )
+                .where(*held_by(self.job_id, self.scheduler_id))
                 .values(lease_expires_at=utcnow() + timedelta(seconds=self.ttl_s))
                 .execution_options(synchronize_session=False)
             ).rowcount
@@ -91,13 +96,6 @@ class JobHold:
         self.job_id = job_id
         self.scheduler_id = scheduler_id
 
-    def _mine(self) -> Any:
-        return (
-            Job.id == self.job_id,
-            Job.scheduler_id == self.scheduler_id,
-            Job.state.in_(ACTIVE_JOB_STATES),
-        )
-
     def cancel_requested(self, session: Session) -> bool:
         return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
 
@@ -105,7 +103,7 @@ class JobHold:
         with session_scope(self.factory) as session:
             finished = session.execute(
                 update(Job)
-                .where(*self._mine())
+                .where(*held_by(self.job_id, self.scheduler_id))
                 .values(
                     state=state,
                     error=error,
@@ -160,7 +158,7 @@ class JobHold:
         with session_scope(self.factory) as session:
             session.execute(
                 update(Job)
-                .where(*self._mine())
+                .where(*held_by(self.job_id, self.scheduler_id))
                 .values(scheduler_id=None, lease_expires_at=None, updated_at=utcnow())
                 .execution_options(synchronize_session=False)
             )
@@ -172,7 +170,7 @@ class JobHold:
         with session_scope(self.factory) as session:
             started = session.execute(
                 update(Job)
-                .where(*self._mine(), Job.cancel_requested.is_(False))
+                .where(*held_by(self.job_id, self.scheduler_id), Job.cancel_requested.is_(False))
                 .values(
                     state=JobState.RUNNING,
                     target_key=hw.target_key,
