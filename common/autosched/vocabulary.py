@@ -20,6 +20,8 @@ class JobState(StrEnum):
 
 
 TERMINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+#: Not yet ended: what quotas count and what a scheduler may claim or still change.
+ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
 
 
 class TrialState(StrEnum):
@@ -27,6 +29,10 @@ class TrialState(StrEnum):
     RUNNING = "running"  # a worker claimed it
     DONE = "done"  # result recorded (status says whether it succeeded)
     CANCELLED = "cancelled"  # its job was cancelled before a worker measured it
+
+
+#: Sent to a device's queue and not yet recorded: what a queue depth counts.
+IN_FLIGHT_TRIAL_STATES = (TrialState.QUEUED, TrialState.RUNNING)
 
 
 class WorkerState(StrEnum):

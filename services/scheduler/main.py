@@ -27,8 +27,8 @@ from autosched.logs import configure_logging
 from autosched.service.dispatch import DeviceGate
 from autosched.service.farm import reap_silent_workers
 from autosched.service.job_runner import run_job
-from autosched.service.job_state import ACTIVE_JOB_STATES
 from autosched.settings import Settings, get_settings
+from autosched.vocabulary import ACTIVE_JOB_STATES
 
 log = logging.getLogger("autosched.scheduler")
 

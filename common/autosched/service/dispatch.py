@@ -36,7 +36,7 @@ from autosched.service.sql_database import TRIAL_IDENTITY, trial_result
 from autosched.space import Config
 from autosched.tune.measure import Measurer
 from autosched.tune.trial import MeasureInput, MeasureResult, TrialStatus, config_digest
-from autosched.vocabulary import TrialState, WorkerState
+from autosched.vocabulary import IN_FLIGHT_TRIAL_STATES, TrialState, WorkerState
 from autosched.wire import Workload
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ class DispatchMeasurer(Measurer):
             pending = session.scalar(
                 select(Trial.id).where(
                     Trial.id.in_(trial_ids),
-                    Trial.state.in_([TrialState.QUEUED, TrialState.RUNNING]),
+                    Trial.state.in_(IN_FLIGHT_TRIAL_STATES),
                 )
             )
         with log_context(trial_ids=trial_ids):

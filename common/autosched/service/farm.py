@@ -32,7 +32,7 @@ from autosched.hardware import HardwareParams, HostDescription, target_json
 from autosched.schemas import WorkerRegister, WorkerView
 from autosched.service.tokens import Caller
 from autosched.tune.trial import TrialStatus
-from autosched.vocabulary import TrialState, WorkerState
+from autosched.vocabulary import IN_FLIGHT_TRIAL_STATES, TrialState, WorkerState
 
 log = logging.getLogger("autosched.farm")
 
@@ -220,9 +220,7 @@ def worker_view(session: Session, worker: Worker, *, redact: bool = True) -> Wor
 
 def _queue_depths(session: Session, device_key: str | None = None) -> dict[str, int]:
     """Trials queued or running, per device key."""
-    query = select(Trial.device_key, func.count()).where(
-        Trial.state.in_([TrialState.QUEUED, TrialState.RUNNING])
-    )
+    query = select(Trial.device_key, func.count()).where(Trial.state.in_(IN_FLIGHT_TRIAL_STATES))
     if device_key is not None:
         query = query.where(Trial.device_key == device_key)
     return dict(session.execute(query.group_by(Trial.device_key)).all())

@@ -38,7 +38,7 @@ from autosched.service.workloads import in_process, load_stored, template_row
 from autosched.settings import Settings, get_settings
 from autosched.space import Config
 from autosched.tune.trial import MeasureInput, MeasureResult, TrialStatus, config_digest
-from autosched.vocabulary import TERMINAL_JOB_STATES, JobState, TrialState
+from autosched.vocabulary import IN_FLIGHT_TRIAL_STATES, TERMINAL_JOB_STATES, JobState, TrialState
 from autosched.wire import Workload
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ class JobRunner:
                     select(Trial)
                     .where(
                         Trial.job_id == self.job_id,
-                        Trial.state.in_([TrialState.QUEUED, TrialState.RUNNING]),
+                        Trial.state.in_(IN_FLIGHT_TRIAL_STATES),
                     )
                     .order_by(Trial.id)
                 )

@@ -21,11 +21,9 @@ from autosched.errors import JobCancelled, JobInterrupted
 from autosched.hardware import HardwareParams
 from autosched.logs import log_context
 from autosched.tune.trial import TrialStatus
-from autosched.vocabulary import JobState, TrialState
+from autosched.vocabulary import ACTIVE_JOB_STATES, JobState, TrialState
 
 log = logging.getLogger(__name__)
-
-ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
 
 
 def held_by(job_id: int, scheduler_id: str) -> tuple[Any, ...]:

@@ -48,9 +48,7 @@ from autosched.service.tokens import Caller
 from autosched.service.workloads import register_workload
 from autosched.settings import Settings
 from autosched.tune.trial import TrialStatus
-from autosched.vocabulary import TERMINAL_JOB_STATES, JobState, TrialState
-
-ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
+from autosched.vocabulary import ACTIVE_JOB_STATES, TERMINAL_JOB_STATES, JobState, TrialState
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,7 @@ def _check_quotas(session: Session, req: JobCreate, caller: Caller, quotas: Quot
     active = session.scalar(
         select(func.count())
         .select_from(Job)
-        .where(Job.owner_token_id == caller.token_id, Job.state.in_(ACTIVE_STATES))
+        .where(Job.owner_token_id == caller.token_id, Job.state.in_(ACTIVE_JOB_STATES))
     )
     if (active or 0) >= quotas.active_jobs:
         raise QuotaExceededError(

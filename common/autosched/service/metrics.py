@@ -33,7 +33,7 @@ from autosched.db.models import Job, Trial, Worker, utcnow
 from autosched.db.session import session_scope
 from autosched.service.farm import public_worker_id
 from autosched.tune.trial import TrialStatus
-from autosched.vocabulary import JobState, TrialState, WorkerState
+from autosched.vocabulary import IN_FLIGHT_TRIAL_STATES, JobState, TrialState, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class FleetCollector(Collector):
             ).all()
             depth = session.execute(
                 select(Trial.device_key, func.count())
-                .where(Trial.state.in_([TrialState.QUEUED, TrialState.RUNNING]))
+                .where(Trial.state.in_(IN_FLIGHT_TRIAL_STATES))
                 .group_by(Trial.device_key)
             ).all()
             workers = dict(
