@@ -2,7 +2,8 @@
 
 ``main`` applies the limits (``policy``), imports the handler (only from ``HANDLER_MODULES``),
 moves ``stdout`` to ``stderr`` so that prints from TVM or gcc cannot corrupt the protocol,
-calls the handler module's ``warmup`` if it has one, answers ``ready`` and then serves one
+calls the handler module's ``warmup`` if it has one, makes fatal signals end the child at
+once (``policy.die_promptly_on_fatal_signals``), answers ``ready`` and then serves one
 JSON request per line until stdin closes (``worker.SandboxWorker`` is the other end).
 
 The handlers live with their users: the runner's in ``autosched.tune.runner_handlers``, the
@@ -19,7 +20,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from autosched.tune.sandbox.policy import apply_limits, arm_cpu_limit
+from autosched.tune.sandbox.policy import (
+    apply_limits,
+    arm_cpu_limit,
+    die_promptly_on_fatal_signals,
+)
 
 # The modules whose handlers a sandbox may import (argv is ours, but keep the door narrow).
 HANDLER_MODULES = frozenset(
@@ -51,6 +56,7 @@ def main(argv: list[str]) -> int:
     warmup = getattr(sys.modules[handler.__module__], "warmup", None)
     if warmup is not None:
         warmup()
+    die_promptly_on_fatal_signals()  # after TVM is loaded: it installs its own SIGSEGV handler
     proto.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         if not line.strip():

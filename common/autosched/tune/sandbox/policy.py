@@ -10,11 +10,13 @@ the handler is imported, ``arm_cpu_limit`` before each request, ``describe`` for
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import math
 import os
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -185,6 +187,25 @@ def _set(res: int, soft: int | None, hard: int | None) -> None:
     if hard_v != inf:
         soft_v = hard_v if soft_v == inf else min(soft_v, hard_v)
     resource.setrlimit(res, (soft_v, hard_v))
+
+
+#: Signals that mean the child's native code went wrong (a bad kernel, a bug in TVM).
+FATAL_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT)
+
+
+def die_promptly_on_fatal_signals() -> None:
+    """Make a crash end the child at once (call once TVM is loaded).
+
+    Loading TVM installs a SIGSEGV handler that prints a C++ backtrace, allocating as it
+    goes; a crash inside malloc (or a signal arriving while another thread holds its lock)
+    then deadlocks the child, and the parent waits out the whole request timeout for what
+    was a crash. Python's faulthandler writes the Python traceback to stderr with
+    async-signal-safe calls only, then re-raises the signal with its default action, which
+    ends the child; the parent names the signal and quotes that traceback.
+    """
+    for sig in FATAL_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    faulthandler.enable(file=sys.stderr, all_threads=True)
 
 
 def apply_limits(spec: dict[str, Any]) -> None:
