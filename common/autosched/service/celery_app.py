@@ -15,7 +15,7 @@ from typing import Any
 import tenacity
 from celery import Celery
 from kombu import Exchange, Queue
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from autosched.settings import Settings, get_settings
 
@@ -72,11 +72,13 @@ def declare_queue(app: Celery, name: str) -> None:
     SQLite transport creates a queue with a select-then-insert guarded only within one
     process, so two workers of one device key starting together can still race: the loser
     gets an IntegrityError (Celery's consumer would stop on it) and here tries again, on a
-    fresh connection, and finds the queue.
+    fresh connection, and finds the queue. On a new broker file the same holds one step
+    earlier: both create kombu's tables (``create_all`` checks, then creates) and the loser
+    gets "table already exists", an OperationalError, as it does for a lock held too long.
     """
     queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
     for attempt in tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(IntegrityError),
+        retry=tenacity.retry_if_exception_type((IntegrityError, OperationalError)),
         stop=tenacity.stop_after_attempt(5),
         wait=tenacity.wait_random(0.05, 0.3),
         reraise=True,
