@@ -8,8 +8,9 @@
 Throughput: one job of ``--trials`` trials on a small matmul, timed from submission to the
 job's end, with one and then two worker processes on the same device key (a batch is split
 between the online workers). Fetch latency: ``GET /v1/schedules/{key}`` sent open-loop at a
-fixed rate (requests leave on schedule whether or not earlier ones answered, so a slow
-response can't hide the queueing it causes) and reported as p50/p99.
+fixed rate by ``bench/load.py``'s locust driver (requests leave on schedule whether or not
+earlier ones answered, so a slow response can't hide the queueing it causes) and reported as
+p50/p99; ``bench/load.py`` measures several rates, the lookup route and a burst of jobs.
 """
 
 from __future__ import annotations
@@ -17,18 +18,15 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import statistics
 import sys
 import tempfile
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx
 from rich.table import Table
 from tvm import te
 
@@ -87,44 +85,40 @@ def throughput(args: argparse.Namespace, workers: int, size: int) -> tuple[float
                 if done.state != "succeeded":
                     raise RuntimeError(f"job {job.id} ended {done.state}: {done.error}")
                 if args.fetch_after and workers == args.fetch_after:
-                    fetch_latency(args, svc.url, workload.key, done.target_key or "")
+                    fetch_latency(args, svc.url, workload.key, done.target_key or "", token)
             return done.trials_done / wall * 60.0, workload.key, done.target_key or ""
         finally:
             svc.stop()
 
 
-def fetch_latency(args: argparse.Namespace, url: str, key: str, target: str) -> None:
-    """Open-loop GETs at ``args.rate`` per second for ``args.seconds``; prints p50/p99."""
-    n = int(args.rate * args.seconds)
-    latencies: list[float] = []
-    errors = 0
-    path = f"/v1/schedules/{key}"
-    with httpx.Client(base_url=url, timeout=10.0) as http:
-        http.get(path, params={"target": target}).raise_for_status()  # warm up
+def fetch_latency(args: argparse.Namespace, url: str, key: str, target: str, token: str) -> None:
+    """Open-loop GETs at ``args.rate`` per second for ``args.seconds`` (bench/load.py's
+    locust driver, with the admin token: anonymous reads are rate-limited per address);
+    prints p50/p99. ``bench/load.py`` measures several rates and the lookup route."""
+    from urllib.parse import urlencode
 
-        def one() -> tuple[float, bool]:
-            t = time.perf_counter()
-            r = http.get(path, params={"target": target})
-            return time.perf_counter() - t, r.status_code == 200 and r.json()["source"] == "tuned"
+    from bench.load import Request, drive
 
-        start = time.perf_counter()
-        futures = []
-        with ThreadPoolExecutor(max_workers=64) as pool:
-            for i in range(n):
-                delay = start + i / args.rate - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                futures.append(pool.submit(one))
-            for f in futures:
-                latency, ok = f.result()
-                latencies.append(latency)
-                errors += not ok
-        elapsed = time.perf_counter() - start
-    q = statistics.quantiles(latencies, n=100)
+    path = f"/v1/schedules/{key}?{urlencode({'target': target})}"
+    with tempfile.TemporaryDirectory(prefix="autosched-fetch-") as tmp:
+        r = drive(
+            url,
+            "get",
+            [Request("GET", path)],
+            rate=args.rate,
+            seconds=args.seconds,
+            headers={"Authorization": f"Bearer {token}"},
+            expect='"source":"tuned"',
+            timeout_s=10.0,
+            window_s=1.0,
+            workdir=Path(tmp),
+        )
+    ms = "{:.2f}".format
     console.print(
-        f"GET /v1/schedules/{{key}}: {n} requests at {args.rate:g}/s "
-        f"(achieved {n / elapsed:.1f}/s), p50 {q[49] * 1e3:.2f} ms, p99 {q[98] * 1e3:.2f} ms, "
-        f"max {max(latencies) * 1e3:.2f} ms, errors {errors}"
+        f"GET /v1/schedules/{{key}}: {r.requests} requests at {args.rate:g}/s "
+        f"(achieved {r.achieved or 0:.1f}/s), p50 {ms((r.p50_s or 0) * 1e3)} ms, "
+        f"p99 {ms((r.p99_s or 0) * 1e3)} ms, max {ms((r.max_s or 0) * 1e3)} ms, "
+        f"errors {r.errors}"
     )
 
 

@@ -125,9 +125,20 @@ def tune_autosched(
 
 
 def tune_metaschedule(
-    func: tvm.tirx.PrimFunc, target: tvm.target.Target, trials: int, seed: int, row: Row
+    func: tvm.tirx.PrimFunc,
+    target: tvm.target.Target,
+    trials: int,
+    seed: int,
+    row: Row,
+    *,
+    builder_workers: int = 2,
 ) -> Any:
-    """Tune with MetaSchedule; returns the best schedule (or None) and fills ``row``."""
+    """Tune with MetaSchedule; returns the best schedule (or None) and fills ``row``.
+
+    ``builder_workers``: its builder's processes. The CPU benchmark keeps 2 (the cores the
+    kernels run on); bench/gpu.py gives it as many as autosched's builder gets (the host's
+    CPUs), so that neither tuner's wall time is decided by how many compilers it may run.
+    """
     from tvm.s_tir import meta_schedule as ms
 
     # MetaSchedule's console handler takes its level from this logger, and every tune_tir
@@ -142,7 +153,7 @@ def tune_metaschedule(
             work_dir=d,
             max_trials_global=trials,
             num_trials_per_iter=32,
-            builder=ms.builder.LocalBuilder(max_workers=2, f_build=fast_build),
+            builder=ms.builder.LocalBuilder(max_workers=builder_workers, f_build=fast_build),
             seed=seed,
         )
         row.ms_tune_s = time.perf_counter() - t0

@@ -1,9 +1,14 @@
-"""Alembic environment: the URL comes from the caller (``upgrade_database``) or settings."""
+"""Alembic environment: the URL comes from the caller (``upgrade_database``) or settings.
+
+``upgrade_database`` passes the connection that holds the migration lock
+(``config.attributes["connection"]``); the migration then runs on it, and the caller
+commits. The ``alembic`` command line gets a connection of its own.
+"""
 
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import Connection, pool
 
 from autosched.db.models import Base
 from autosched.db.session import make_engine
@@ -23,15 +28,21 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _run(connection: Connection) -> None:
+    # render_as_batch: SQLite can only ALTER tables by copying them.
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
 def run_migrations_online() -> None:
+    locked = config.attributes.get("connection")
+    if locked is not None:
+        _run(locked)
+        return
     engine = make_engine(_url(), poolclass=pool.NullPool)  # one-shot: release the connection
     with engine.connect() as connection:
-        # render_as_batch: SQLite can only ALTER tables by copying them.
-        context.configure(
-            connection=connection, target_metadata=target_metadata, render_as_batch=True
-        )
-        with context.begin_transaction():
-            context.run_migrations()
+        _run(connection)
     engine.dispose()
 
 

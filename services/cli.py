@@ -48,13 +48,19 @@ def scheduler() -> None:
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    """Apply every database migration (the services also do this on start)."""
-    from autosched.db import upgrade_database
+    """Migrate the database to head, under a lock: concurrent runs wait for each other, and
+    the later ones find it at head. Services check the schema on start."""
+    from autosched.db.migrate import EXIT_SCHEMA, upgrade_database
+    from autosched.errors import SchemaError
     from autosched.settings import get_settings
 
     url = get_settings().resolved_database_url
-    upgrade_database(url)
-    console.print(f"database at head: {_redact(url)}")
+    try:
+        changed = upgrade_database(url)
+    except SchemaError as err:
+        Console(stderr=True).print(f"[red]error:[/red] {err}")
+        raise typer.Exit(EXIT_SCHEMA) from None
+    console.print(f"database {'migrated to' if changed else 'already at'} head: {_redact(url)}")
 
 
 def _redact(url: str) -> str:
@@ -74,11 +80,15 @@ def up(
         list[str] | None,
         typer.Option(help="One local worker per key (default: one, keyed by this CPU)"),
     ] = None,
+    gpu: Annotated[
+        list[str] | None,
+        typer.Option(help="Also a GPU worker for this CUDA device (cuda:0); repeat per card"),
+    ] = None,
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Start in the background and return")
     ] = False,
 ) -> None:
-    """Run the whole service here: API, scheduler and a local CPU worker.
+    """Run the whole service here: API, scheduler and a local CPU worker (and GPU workers).
 
     With no DATABASE_URL/REDIS_URL it needs no servers (SQLite + an SQLite broker under
     AUTOSCHED_DATA_DIR, default .autosched/); with both set it uses PostgreSQL and Redis.
@@ -88,9 +98,13 @@ def up(
 
     settings = get_settings()
     if detach:
-        _up_detached(device_key or [])
+        _up_detached(device_key or [], gpu or [])
         return
-    service = EmbeddedService(settings, list(device_key) if device_key else [None])
+    service = EmbeddedService(
+        settings,
+        list(device_key) if device_key else [None],
+        worker_args=[["--device", device] for device in gpu or []],
+    )
     stop = False
 
     def _stop(signum, frame) -> None:
@@ -119,7 +133,7 @@ def up(
         service.stop()
 
 
-def _up_detached(device_keys: list[str]) -> None:
+def _up_detached(device_keys: list[str], gpus: list[str]) -> None:
     """Start ``up`` as a background session; wait until it is ready (or failed)."""
     import httpx
 
@@ -138,6 +152,8 @@ def _up_detached(device_keys: list[str]) -> None:
     argv = [sys.executable, "-m", "autosched.cli", "up"]
     for key in device_keys:
         argv += ["--device-key", key]
+    for device in gpus:
+        argv += ["--gpu", device]
     log = (settings.data_dir / "up.log").open("ab")
     proc = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ)

@@ -1,8 +1,12 @@
 import os
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.fault_support import PrivatePostgres, PrivateRedis
 
 # TVM runs on one thread unless told; set before tvm starts its thread pool.
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
@@ -57,6 +61,32 @@ def redis_url() -> str:
 
     redis.Redis.from_url(REDIS_URL).ping()  # fails loudly when Redis is down
     return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def private_pg() -> Iterator["PrivatePostgres"]:
+    """A private PostgreSQL cluster that fault tests may restart, stop or kill (never the
+    machine's): started once per run, removed at its end; a test that stops it restarts it."""
+    from tests.fault_support import PrivatePostgres
+
+    with PrivatePostgres() as server:
+        yield server
+
+
+@pytest.fixture
+def private_pg_url(private_pg) -> str:
+    """A fresh, empty (unmigrated) database on the running private cluster."""
+    private_pg.start()  # a no-op unless an earlier test left it stopped
+    return private_pg.create_database()
+
+
+@pytest.fixture(scope="session")
+def private_redis() -> Iterator["PrivateRedis"]:
+    """A private Redis, without persistence, that fault tests may stop and restart."""
+    from tests.fault_support import PrivateRedis
+
+    with PrivateRedis() as server:
+        yield server
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@ trials go back to the queue. PostgreSQL and SQLite."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+from datetime import datetime, timedelta
 
 from autosched.db import Trial, Worker
 from autosched.db.models import utcnow
@@ -41,7 +42,8 @@ def test_register_heartbeat_list(db_url, tmp_path):
 
         beat = client.post(f"/v1/workers/{worker_id}/heartbeat")
         assert beat.status_code == 200
-        assert beat.json()["last_heartbeat"] >= view["last_heartbeat"]
+        beat_at = datetime.fromisoformat(beat.json()["last_heartbeat"])
+        assert beat_at >= datetime.fromisoformat(view["last_heartbeat"])
         assert beat.json()["queue_depth"] == 1
         assert (beat.json()["trials_done"], beat.json()["errors"]) == (3, 1)
 
@@ -88,3 +90,31 @@ def test_silent_worker_goes_offline_and_its_trials_requeue(db_url, tmp_path):
     # A heartbeat brings it back online.
     with api_client(db_url, tmp_path) as client:
         assert client.post(f"/v1/workers/{silent}/heartbeat").json()["state"] == "online"
+
+
+def test_a_gpu_worker_registers_and_its_target_serves_cuda_schedules(db_url, tmp_path):
+    """A GPU worker's report (card parameters beside its host's) is validated like a CPU's;
+    the server derives the ``cuda/...`` key, the farm page shows the card, and a schedule
+    lookup for that key is a static CUDA schedule (threads bound) before anything is tuned."""
+    from autosched.hardware import detect_gpu_hardware
+
+    gpu = detect_gpu_hardware(tag="nvidia/nvidia-h100")
+    device = unique_device()
+    body = registration(device, f"gpu-1:7:{device}", hw=gpu)
+    with api_client(db_url, tmp_path) as client:
+        registered = client.post("/v1/workers/register", json=body)
+        assert registered.status_code == 200, registered.text
+        assert registered.json()["target_key"] == "cuda/sm_90/132sm/48k"
+        assert "sm_90" in client.get("/farm").text
+
+        lying = registration(device, f"gpu-2:7:{device}", hw=gpu, target={"arch": "sm_80"})
+        assert client.post("/v1/workers/register", json=lying).status_code == 422
+        broken = {**body, "hardware": {**body["hardware"], "gpu": None}}
+        assert client.post("/v1/workers/register", json=broken).status_code == 422
+
+        doc, _ = matmul()
+        view = client.post("/v1/schedules/lookup", json={"workload": doc, "target": gpu.target_key})
+        assert view.status_code == 200, view.text
+        schedule = view.json()
+        assert schedule["source"] == "static" and schedule["target_key"] == gpu.target_key
+        assert "threadIdx" in json.dumps(schedule["trace"])

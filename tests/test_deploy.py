@@ -838,3 +838,133 @@ def test_postgres_statefulset():
     assert claims & set(mounts), "the PVC template is not mounted"
     pgdata = {e["name"]: e.get("value") for e in container["env"]}.get("PGDATA", "")
     assert any(pgdata.startswith(mounts[c] + "/") for c in claims & set(mounts)), pgdata
+
+
+# --- the broker: persistence, password, who may reach it -----------------------------------
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    """The value after ``--name`` in a redis-server command line."""
+    return argv[argv.index(name) + 1] if name in argv and argv.index(name) + 1 < len(argv) else None
+
+
+def test_compose_redis_persists_and_requires_a_password(compose, services, app_services):
+    redis = services["redis"]
+    argv = [interpolate(a) for a in as_argv(redis["command"])]
+    assert argv[0] == "redis-server"
+    assert _flag(argv, "--appendonly") == "yes", "the queues must survive a restart"
+    assert _flag(argv, "--appendfsync") == "everysec"
+    mounts = [str(v).split(":") for v in redis["volumes"]]
+    assert any(src in (compose.get("volumes") or {}) and dst == "/data" for src, dst in mounts)
+    assert not redis.get("ports"), "Redis is reached on the compose network only"
+
+    password = _flag(argv, "--requirepass")
+    assert password, "Redis without a password"
+    assert "${REDIS_PASSWORD" in str(redis["command"]), "the password comes from REDIS_PASSWORD"
+    for name, svc in app_services.items():
+        url = urlsplit(service_env(svc)["REDIS_URL"])
+        assert url.password == password, f"{name}: REDIS_URL does not carry the password"
+    # The healthcheck's redis-cli authenticates (else PING answers NOAUTH and never PONG).
+    assert service_env(redis).get("REDISCLI_AUTH") == password or "-a" in as_argv(
+        redis["healthcheck"]["test"]
+    )
+
+
+def _container(workload: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in containers(workload) if c["name"] == name)
+
+
+def _secret_env(container: dict[str, Any], name: str) -> tuple[str, str] | None:
+    for env in container.get("env", []):
+        ref = env.get("valueFrom", {}).get("secretKeyRef")
+        if env["name"] == name and ref:
+            return ref["name"], ref["key"]
+    return None
+
+
+def test_redis_persists_on_a_volume():
+    redis = objects("Deployment")["redis"]
+    assert redis["spec"]["strategy"]["type"] == "Recreate", "one pod at a time on the volume"
+    container = _container(redis, "redis")
+    argv = container.get("command", []) + container.get("args", [])
+    assert _flag(argv, "--appendonly") == "yes" and _flag(argv, "--appendfsync") == "everysec"
+    data = next(m for m in container["volumeMounts"] if m["mountPath"] == "/data")
+    (volume,) = [v for v in pod_template(redis)["spec"]["volumes"] if v["name"] == data["name"]]
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    pvc = objects("PersistentVolumeClaim")[claim]
+    assert "ReadWriteOnce" in pvc["spec"]["accessModes"]
+    assert quantity(pvc["spec"]["resources"]["requests"]["storage"]) >= 2**30
+
+
+def test_redis_requires_the_secret_password():
+    secret = objects("Secret")["autosched-secrets"]["stringData"]
+    assert secret.get("REDIS_PASSWORD"), "no REDIS_PASSWORD in the secret"
+    assert urlsplit(secret["REDIS_URL"]).password == secret["REDIS_PASSWORD"], (
+        "REDIS_URL password != REDIS_PASSWORD"
+    )
+    container = _container(objects("Deployment")["redis"], "redis")
+    argv = container.get("command", []) + container.get("args", [])
+    password_var = _flag(argv, "--requirepass")
+    assert password_var and re.fullmatch(r"\$\((\w+)\)", password_var), argv
+    source = ("autosched-secrets", "REDIS_PASSWORD")
+    assert _secret_env(container, password_var[2:-1]) == source
+    assert _secret_env(container, "REDISCLI_AUTH") == source, "the probes' redis-cli cannot log in"
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Kubernetes label-selector semantics (matchLabels and matchExpressions)."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def _using(variable: str) -> set[str]:
+    """The workloads whose containers are given ``variable`` (so connect to that server)."""
+    return {
+        w["metadata"]["name"]
+        for w in workloads()
+        if any(variable in env_names(c) for c in containers(w))
+    }
+
+
+@pytest.mark.parametrize(
+    ("server", "variable", "port"),
+    [("redis", "REDIS_URL", 6379), ("postgres", "DATABASE_URL", 5432)],
+)
+def test_network_policy_admits_only_the_servers_clients(server, variable, port):
+    (target,) = [w for w in workloads() if w["metadata"]["name"] == server]
+    server_labels = pod_template(target)["metadata"]["labels"]
+    policies = [
+        p
+        for p in objects("NetworkPolicy").values()
+        if _selects(p["spec"]["podSelector"], server_labels)
+    ]
+    assert policies, f"no NetworkPolicy selects the {server} pod"
+    admitted: set[str] = set()
+    for policy in policies:
+        assert "Ingress" in policy["spec"]["policyTypes"]
+        for rule in policy["spec"].get("ingress", []):
+            peers = rule.get("from")
+            assert peers, f"{policy['metadata']['name']}: a rule without `from` admits anyone"
+            for peer in peers:
+                assert set(peer) == {"podSelector"}, f"only pods of this namespace: {peer}"
+                assert peer["podSelector"], "an empty podSelector admits every pod"
+                admitted |= {
+                    w["metadata"]["name"]
+                    for w in workloads()
+                    if _selects(peer["podSelector"], pod_template(w)["metadata"]["labels"])
+                }
+            assert [p["port"] for p in rule.get("ports", [])] == [port], rule
+    assert admitted == _using(variable), f"{server} admits {sorted(admitted)}"
+    assert {"api", "scheduler", "cpu-worker", "gpu-worker"} <= admitted
+    assert server not in admitted and "redis" not in admitted

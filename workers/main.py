@@ -1,4 +1,10 @@
-"""``python -m workers.main --device-key K``: one device's measuring worker.
+"""``python -m workers.main [--device cpu|cuda:N] [--device-key K]``: one device's worker.
+
+A CPU worker measures on this host's cores; a GPU worker (``--device cuda:0``, one per
+card) builds on this host's cores and measures on its card, and registers the card's
+hardware (``cuda/<arch>/...`` target key). ``--gpu-tag`` describes a card from TVM's target
+tags instead of the driver and ``--replay FILE`` answers runs from recorded measurements:
+together, a GPU worker for a machine without one (CI).
 
 Registers in the farm, heartbeats from a thread, and consumes only ``device.<key>`` with
 Celery's solo pool: one batch at a time, so measurements on a device never overlap (builds
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -21,8 +28,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from autosched.db.session import session_factory, session_scope, upgrade_database
-from autosched.hardware import HardwareParams, cpu_target, describe_host, detect_hardware
+from autosched.db.migrate import require_schema
+from autosched.db.session import session_factory, session_scope
+from autosched.errors import InvalidHardwareError
+from autosched.hardware import (
+    HardwareParams,
+    cpu_target,
+    describe_host,
+    detect_gpu_hardware,
+    detect_hardware,
+)
 from autosched.logs import configure_logging
 from autosched.schemas import WorkerRegister
 from autosched.service import farm
@@ -37,9 +52,28 @@ log = logging.getLogger("autosched.worker")
 DESCRIPTION = "Measure trials from one device key's queue (register, heartbeat, Celery solo pool)."
 
 
+DEVICE_PATTERN = re.compile(r"cpu|cuda:([0-9]|1[0-5])")
+
+
 def default_device_key(hw: HardwareParams) -> str:
-    """Workers on identical hardware share one queue: ``cpu-<mcpu>-<cores>c``."""
+    """Workers on identical hardware share one queue: ``cpu-<mcpu>-<cores>c``, or
+    ``cuda-<arch>-<SMs>sm`` for a GPU."""
+    if hw.gpu is not None:
+        return f"cuda-{hw.gpu.arch}-{hw.gpu.sm_count}sm"
     return f"cpu-{hw.mcpu}-{hw.num_cores}c"
+
+
+def device_hardware(device: str, gpu_tag: str | None = None) -> HardwareParams:
+    """The hardware a worker for ``device`` ("cpu" or "cuda:N") schedules for: the card's
+    own parameters, or those of ``gpu_tag`` (a TVM target tag) when given."""
+    match = DEVICE_PATTERN.fullmatch(device)
+    if match is None:
+        raise InvalidHardwareError(f"device {device!r} is not 'cpu' or 'cuda:<index>'")
+    if device == "cpu":
+        return detect_hardware()
+    if gpu_tag:
+        return detect_gpu_hardware(tag=gpu_tag)
+    return detect_gpu_hardware(device=int(match.group(1)))
 
 
 class Heartbeat(threading.Thread):
@@ -92,6 +126,9 @@ def run_worker(
     device_key: str | None = None,
     settings: Settings | None = None,
     *,
+    device: str = "cpu",
+    gpu_tag: str | None = None,
+    replay: str | None = None,
     loglevel: str = "INFO",
 ) -> int:
     """Serve ``device_key``'s queue until SIGTERM/SIGINT; returns the exit code."""
@@ -102,9 +139,9 @@ def run_worker(
     settings = settings or get_settings()
     configure_logging(settings, "worker", loglevel)  # unless the embedding program did
     url = settings.resolved_database_url
-    upgrade_database(url)
+    require_schema(url, settings)  # at head, or migrated under the lock, or exit
     factory = session_factory(url)
-    hw = detect_hardware()
+    hw = device_hardware(device, gpu_tag)
     key = device_key or settings.device_key or default_device_key(hw)
     app = make_celery(settings)
     # The queue exists before the worker is seen online, so the scheduler never creates it.
@@ -113,7 +150,7 @@ def run_worker(
     log.info("worker %s serving %s (%s)", reg.worker_id, device_queue(key), reg.target_key)
 
     work_dir = tempfile.mkdtemp(prefix="autosched-worker-")
-    measurer = LocalMeasurer.create(work_dir)
+    measurer = LocalMeasurer.create(work_dir, device=device, replay=replay)
     tasks.configure(tasks.WorkerContext(factory, reg.worker_id, measurer))
     heartbeat = Heartbeat(factory, reg.worker_id, settings.heartbeat_interval_s)
     heartbeat.start()
@@ -144,11 +181,24 @@ def run_worker(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workers.main", description=DESCRIPTION)
-    parser.add_argument("--device-key", default=None, help="default: cpu-<mcpu>-<cores>c")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda:<index>")
+    parser.add_argument(
+        "--device-key", default=None, help="default: cpu-<mcpu>-<cores>c or cuda-<arch>-<SMs>sm"
+    )
+    parser.add_argument("--gpu-tag", default=None, help="describe the GPU by a TVM target tag")
+    parser.add_argument("--replay", default=None, help="answer runs from recorded measurements")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     configure_logging(get_settings(), "worker", args.log_level)
-    raise SystemExit(run_worker(args.device_key, loglevel=args.log_level.upper()))
+    raise SystemExit(
+        run_worker(
+            args.device_key,
+            device=args.device,
+            gpu_tag=args.gpu_tag,
+            replay=args.replay,
+            loglevel=args.log_level.upper(),
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -45,10 +45,12 @@ def measure_trials(trial_ids: list[int]) -> int:
 
 
 @shared_task(name=REMEASURE_TASK, ignore_result=True)
-def remeasure_trials(trial_ids: list[int], rounds: int = 2) -> int:
-    """Time finished trials again; returns how many got faster."""
+def remeasure_trials(trial_ids: list[int], rounds: int = 2, since: str | None = None) -> int:
+    """Time finished trials again (those not re-measured since ``since``, the ISO time the
+    scheduler first asked: a re-sent request records nothing twice); returns how many got
+    faster."""
     if _context is None:
         raise RuntimeError("worker context not configured: start workers with workers.main")
     return remeasure.remeasure_trials(
-        _context.factory, trial_ids, _context.worker_id, _context.measurer, rounds
+        _context.factory, trial_ids, _context.worker_id, _context.measurer, rounds, since
     )

@@ -149,7 +149,7 @@ def _has_div_mod(expr: Any) -> bool:
     return hit
 
 
-def _reads(block: Any) -> tuple[ReadInfo, ...]:
+def block_reads(block: Any) -> tuple[ReadInfo, ...]:
     var_pos = {iv.var: i for i, iv in enumerate(block.iter_vars)}
     reads: list[ReadInfo] = []
     for region in block.reads:
@@ -212,7 +212,7 @@ def analyze(func: tirx.PrimFunc) -> list[StageInfo]:
         extents = tuple(int(iv.dom.extent) for iv in block.iter_vars)
         producers = tuple(sch.get(p).name_hint for p in sch.get_producers(rv))
         consumers = tuple(sch.get(c).name_hint for c in sch.get_consumers(rv))
-        reads = _reads(block)
+        reads = block_reads(block)
         conditional, index_arith = _body_flags(block)
         template, reason = _classify(
             name, kinds[name], extents, reads, [kinds[c] for c in consumers], conditional

@@ -388,10 +388,25 @@ def apply_schedule(workload: Workload, view: ScheduleView) -> s_tir.Schedule:
 
 
 def build_schedule(workload: Workload, view: ScheduleView) -> Executable:
-    """Apply and compile for the hardware the schedule was made for (``export_library`` it)."""
+    """Apply and compile for the hardware the schedule was made for (``export_library`` it;
+    for a GPU schedule, ``export_schedule`` also compiles its kernels for the card)."""
     import tvm
 
     from autosched.hardware import HardwareParams, cpu_target
 
     sch = apply_schedule(workload, view)
     return tvm.compile(sch.mod, target=cpu_target(HardwareParams.from_json(view.hardware)))
+
+
+def export_schedule(workload: Workload, view: ScheduleView, path: str | Path) -> None:
+    """Build the schedule and write the shared library to ``path``: for a GPU schedule with
+    its kernels compiled for the card's architecture, so the GPU host needs no compiler."""
+    from autosched.hardware import HardwareParams
+
+    hw = HardwareParams.from_json(view.hardware)
+    if not hw.is_gpu:
+        build_schedule(workload, view).export_library(str(path))
+        return
+    from autosched.tune.cuda_build import compile_for_gpu, export_library
+
+    export_library(compile_for_gpu(apply_schedule(workload, view).mod, hw), str(path), hw)

@@ -135,3 +135,8 @@ class JobCancelled(AutoschedError):
 
 class JobInterrupted(AutoschedError):
     """The scheduler is stopping, or lost the job's lease: leave the job to be resumed."""
+
+
+class SchemaError(AutoschedError):
+    """The database's schema is not one this version can run on (behind with migration
+    off, or at a revision it does not know): a process refuses to start."""

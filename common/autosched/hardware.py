@@ -20,11 +20,11 @@ from typing import Any
 
 from autosched.errors import InvalidHardwareError
 from autosched.settings import get_settings
-from autosched.vocabulary import target_key
+from autosched.vocabulary import gpu_target_key, target_key
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
-#: Code generators a device may use ("cuda" joins once GPU templates exist).
-KINDS = frozenset({"llvm"})
+#: Code generators a device may use: a CPU (LLVM) or an NVIDIA GPU (CUDA, built on the host).
+KINDS = frozenset({"llvm", "cuda"})
 VECTOR_BITS = frozenset({128, 256, 512})
 #: Inclusive ranges wide enough for any real CPU (L3 may be absent: 0).
 RANGES: dict[str, tuple[int, int]] = {
@@ -45,6 +45,64 @@ def _int_in(name: str, value: object, low: int, high: int) -> None:
         raise InvalidHardwareError(f"hardware.{name} must be an integer in [{low}, {high}]")
 
 
+#: CUDA architectures as nvcc names them (sm_80, sm_90, sm_90a).
+ARCH_PATTERN = re.compile(r"sm_[0-9]{2,3}[a-z]?")
+#: Inclusive ranges wide enough for any real NVIDIA GPU.
+GPU_RANGES: dict[str, tuple[int, int]] = {
+    "sm_count": (1, 1024),
+    "max_threads_per_block": (32, 4096),
+    "max_shared_memory_per_block": (1 * KiB, 1 * MiB),
+    "registers_per_block": (1024, 1 << 20),
+    "warp_size": (8, 128),
+    "l2_bytes": (0, 1 * GiB),
+}
+#: SM counts of the tags TVM ships (its tags leave them out); others need the override.
+TAG_SM_COUNTS = {
+    "nvidia/nvidia-h100": 132,
+    "nvidia/nvidia-a100": 108,
+    "nvidia/nvidia-a10g": 80,
+    "nvidia/nvidia-a10": 72,
+    "nvidia/nvidia-t4": 40,
+    "nvidia/nvidia-v100": 80,
+    "nvidia/geforce-rtx-4090": 128,
+    "nvidia/geforce-rtx-3090": 82,
+}
+
+
+@dataclass(frozen=True)
+class GpuParams:
+    """What CUDA templates need of a GPU: the knob domains (threads and shared memory per
+    block, registers) and the static fill (SMs to fill, warp size, L2) follow from these."""
+
+    arch: str  # nvcc's name, e.g. sm_90
+    sm_count: int
+    max_threads_per_block: int
+    # Static shared memory a block may declare (48 KiB on every card since sm_70; more only
+    # with an opt-in TVM's generated kernels do not make).
+    max_shared_memory_per_block: int
+    registers_per_block: int
+    warp_size: int
+    l2_bytes: int
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in GPU_RANGES.items():
+            _int_in(f"gpu.{name}", getattr(self, name), low, high)
+        if not isinstance(self.arch, str) or not ARCH_PATTERN.fullmatch(self.arch):
+            raise InvalidHardwareError("hardware.gpu.arch must look like 'sm_90'")
+
+    @property
+    def compute_version(self) -> tuple[int, int]:
+        digits = self.arch[3:].rstrip("abcdefghijklmnopqrstuvwxyz")
+        return int(digits[:-1]), int(digits[-1])
+
+    @classmethod
+    def from_json(cls, doc: object) -> GpuParams:
+        names = {f.name for f in fields(cls)}
+        if not isinstance(doc, dict) or set(doc) != names:
+            raise InvalidHardwareError(f"hardware.gpu must have exactly the keys {sorted(names)}")
+        return cls(**doc)
+
+
 @dataclass(frozen=True)
 class HardwareParams:
     num_cores: int
@@ -54,8 +112,13 @@ class HardwareParams:
     l3_bytes: int  # shared
     mcpu: str  # LLVM CPU name, e.g. znver3
     kind: str = "llvm"
+    #: The GPU a "cuda" device runs on (None for a CPU device). The CPU fields above then
+    #: describe the host that builds its kernels.
+    gpu: GpuParams | None = None
 
     def __post_init__(self) -> None:
+        if (self.kind == "cuda") != isinstance(self.gpu, GpuParams):
+            raise InvalidHardwareError("hardware.gpu is required for kind 'cuda', and only then")
         for name, (low, high) in RANGES.items():
             _int_in(name, getattr(self, name), low, high)
         if type(self.vector_bits) is not int or self.vector_bits not in VECTOR_BITS:
@@ -71,7 +134,14 @@ class HardwareParams:
     @property
     def target_key(self) -> str:
         """Its records' key: machines with the same key share schedules (vocabulary)."""
+        if self.gpu is not None:
+            gpu = self.gpu
+            return gpu_target_key(gpu.arch, gpu.sm_count, gpu.max_shared_memory_per_block)
         return target_key(self.kind, self.mcpu, self.num_cores, self.vector_bits)
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.gpu is not None
 
     @property
     def vector_lanes_f32(self) -> int:
@@ -85,10 +155,14 @@ class HardwareParams:
         # Descriptions may carry more than the parameters (a worker's CPU model, its CUDA
         # devices): only the fields the scheduler uses are read back.
         known = {f.name for f in fields(cls)}
-        missing = sorted(f.name for f in fields(cls) if f.name != "kind" and f.name not in doc)
+        optional = {"kind", "gpu"}
+        missing = sorted(f.name for f in fields(cls) if f.name not in optional | set(doc))
         if missing:
             raise InvalidHardwareError(f"hardware is missing {missing}")
-        return cls(**{k: v for k, v in doc.items() if k in known})
+        values = {k: v for k, v in doc.items() if k in known}
+        if values.get("gpu") is not None:
+            values["gpu"] = GpuParams.from_json(values["gpu"])
+        return cls(**values)
 
 
 @lru_cache(maxsize=4)
@@ -102,13 +176,29 @@ def known_cpus(kind: str = "llvm") -> frozenset[str]:
 
 def check_known_cpu(hw: HardwareParams) -> None:
     """Refuse an ``mcpu`` LLVM does not know: it would reach every build for that device."""
-    if hw.mcpu not in known_cpus(hw.kind):
+    if hw.mcpu not in known_cpus("llvm"):
         raise InvalidHardwareError(f"hardware.mcpu {hw.mcpu!r} is not a CPU LLVM knows")
 
 
 def target_json(hw: HardwareParams) -> dict[str, Any]:
-    """The TVM target of ``hw`` as the dict ``tvm.target.Target`` takes (see ``cpu_target``)."""
-    return {"kind": hw.kind, "mcpu": hw.mcpu, "num-cores": hw.num_cores}
+    """The TVM target of ``hw`` as the dict ``tvm.target.Target`` takes (see ``cpu_target``).
+
+    A GPU's host code is built for a generic x86-64: the kernels are what is tuned, and one
+    card's schedules must load on any host of the same key."""
+    if hw.gpu is None:
+        return {"kind": hw.kind, "mcpu": hw.mcpu, "num-cores": hw.num_cores}
+    gpu = hw.gpu
+    return {
+        "kind": "cuda",
+        "arch": gpu.arch,
+        "max_threads_per_block": gpu.max_threads_per_block,
+        "max_num_threads": gpu.max_threads_per_block,
+        "max_shared_memory_per_block": gpu.max_shared_memory_per_block,
+        "registers_per_block": gpu.registers_per_block,
+        "thread_warp_size": gpu.warp_size,
+        "l2_cache_size_bytes": gpu.l2_bytes,
+        "host": {"kind": "llvm"},
+    }
 
 
 def _text(name: str, value: object) -> str:
@@ -240,11 +330,98 @@ def detect_hardware(**overrides: Any) -> HardwareParams:
 
 
 def cpu_target(hw: HardwareParams | None = None) -> Any:
-    """The TVM target for ``hw`` (dict form: TVM 0.27 rejects ``-mcpu`` strings)."""
+    """The TVM target for ``hw`` (dict form: TVM 0.27 rejects ``-mcpu`` strings); for a GPU
+    device, the CUDA target with its host."""
     import tvm
 
     hw = hw or detect_hardware()
     return tvm.target.Target(target_json(hw))
+
+
+def reference_target(hw: HardwareParams) -> Any:
+    """Where reference outputs are computed: the host CPU, also for a GPU device (its
+    kernels are checked against the same PrimFunc built with LLVM)."""
+    import tvm
+
+    return tvm.target.Target({"kind": "llvm", "mcpu": hw.mcpu, "num-cores": hw.num_cores})
+
+
+def gpu_from_tag(tag: str, sm_count: int | None = None) -> GpuParams:
+    """A GPU's parameters from one of TVM's target tags (``nvidia/nvidia-h100``): to build
+    for a card this host does not have. The SM count comes from ``TAG_SM_COUNTS`` or
+    ``sm_count``."""
+    import tvm
+
+    try:
+        attrs = dict(tvm.target.Target(tag).attrs)
+    except Exception as err:  # TVM raises a plain error for an unknown tag
+        raise InvalidHardwareError(f"unknown GPU target tag {tag!r}") from err
+    count = sm_count or TAG_SM_COUNTS.get(tag)
+    if count is None:
+        raise InvalidHardwareError(f"no SM count known for {tag!r}: set AUTOSCHED_GPU_SM_COUNT")
+    return _gpu_with_overrides(
+        GpuParams(
+            # sm_90a (Hopper's arch-specific features) names the same card a driver reports
+            # as compute 9.0: one key for both ways of describing it.
+            arch=str(attrs["arch"]).rstrip("abcdefghijklmnopqrstuvwxyz"),
+            sm_count=count,
+            max_threads_per_block=int(attrs["max_threads_per_block"]),
+            max_shared_memory_per_block=int(attrs["max_shared_memory_per_block"]),
+            registers_per_block=int(attrs["registers_per_block"]),
+            warp_size=int(attrs["thread_warp_size"]),
+            l2_bytes=int(attrs.get("l2_cache_size_bytes", 0)),
+        )
+    )
+
+
+def gpu_from_device(index: int) -> GpuParams:
+    """The parameters of CUDA device ``index`` as its driver reports them."""
+    import tvm
+
+    dev = tvm.cuda(index)
+    if not dev.exist:
+        raise InvalidHardwareError(f"no CUDA device {index} on this host")
+    major, minor = str(dev.compute_version).split(".")
+    return _gpu_with_overrides(
+        GpuParams(
+            arch=f"sm_{major}{minor}",
+            sm_count=int(dev.multi_processor_count),
+            max_threads_per_block=int(dev.max_threads_per_block),
+            max_shared_memory_per_block=int(dev.max_shared_memory_per_block),
+            # Every card since sm_50 has 64K registers per block; the driver API TVM wraps
+            # does not report it.
+            registers_per_block=65536,
+            warp_size=int(dev.warp_size),
+            l2_bytes=int(dev.l2_cache_size_bytes),
+        )
+    )
+
+
+def _gpu_with_overrides(gpu: GpuParams) -> GpuParams:
+    settings = get_settings()
+    return replace(
+        gpu,
+        sm_count=settings.gpu_sm_count or gpu.sm_count,
+        max_threads_per_block=settings.gpu_max_threads_per_block or gpu.max_threads_per_block,
+        max_shared_memory_per_block=(
+            settings.gpu_max_shared_memory_per_block or gpu.max_shared_memory_per_block
+        ),
+    )
+
+
+def detect_gpu_hardware(device: int | None = None, tag: str | None = None) -> HardwareParams:
+    """A CUDA device's parameters: from the card when ``device`` names one on this host,
+    else from a TVM target tag (``tag`` or ``AUTOSCHED_GPU_TAG``); the CPU fields describe
+    this host, which builds the kernels."""
+    host = detect_hardware()
+    tag = tag or get_settings().gpu_tag
+    if device is not None:
+        gpu = gpu_from_device(device)
+    elif tag:
+        gpu = gpu_from_tag(tag)
+    else:
+        raise InvalidHardwareError("name a CUDA device (cuda:0) or a GPU target tag")
+    return replace(host, kind="cuda", gpu=gpu)
 
 
 def cpu_model() -> str:

@@ -11,7 +11,7 @@ from autosched.analysis import StageInfo, analyze
 from autosched.errors import ScheduleError
 from autosched.hardware import HardwareParams, detect_hardware
 from autosched.space import Config, StageSpace, Template
-from autosched.templates import META_TEMPLATES, ApplyState, TemplateContext
+from autosched.templates import ApplyState, TemplateContext, meta_templates
 
 
 def _key(func: tirx.PrimFunc) -> str:
@@ -33,6 +33,7 @@ def build_template(
 ) -> Template:
     """The search space of ``func``: per stage, its meta-template and knobs."""
     ctx = _context(func, hw, stages)
+    templates = meta_templates(ctx.hw.kind)
     return Template(
         _key(func),
         tuple(
@@ -40,7 +41,8 @@ def build_template(
                 s.name,
                 str(s.meta_template),
                 s.reason,
-                tuple(META_TEMPLATES[s.meta_template].knobs(s, ctx)),
+                tuple(templates[s.meta_template].knobs(s, ctx)),
+                tuple(templates[s.meta_template].limits(s, ctx)),
             )
             for s in ctx.stages.values()
         ),
@@ -52,8 +54,9 @@ def static_config(
 ) -> Config:
     """Heuristic knob values from hardware parameters alone (no measurement)."""
     ctx = _context(func, hw, stages)
+    templates = meta_templates(ctx.hw.kind)
     return Config(
-        {s.name: META_TEMPLATES[s.meta_template].static_values(s, ctx) for s in ctx.stages.values()}
+        {s.name: templates[s.meta_template].static_values(s, ctx) for s in ctx.stages.values()}
     )
 
 
@@ -74,18 +77,17 @@ def apply_config(
         template.validate(config)
     ctx = _context(func, hw, stages)
     stages = list(ctx.stages.values())
+    templates = meta_templates(ctx.hw.kind)
     sch = s_tir.Schedule(func, debug_mask="all")
     state = ApplyState()
     try:
         for stage in stages:
-            META_TEMPLATES[stage.meta_template].inline(sch, stage, config.values[stage.name], state)
-        ordered = sorted(stages, key=lambda s: META_TEMPLATES[s.meta_template].phase)
+            templates[stage.meta_template].inline(sch, stage, config.values[stage.name], state)
+        ordered = sorted(stages, key=lambda s: templates[s.meta_template].phase)
         for stage in ordered:
             if stage.name in state.placed:
                 continue
-            META_TEMPLATES[stage.meta_template].apply(
-                sch, stage, config.values[stage.name], ctx, state
-            )
+            templates[stage.meta_template].apply(sch, stage, config.values[stage.name], ctx, state)
     except KeyError as err:
         raise ScheduleError(f"config has no values for {err}") from err
     except Exception as err:  # TVM's own ScheduleError and friends

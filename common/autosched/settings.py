@@ -22,6 +22,12 @@ class Settings(BaseSettings):
     vector_bits: int | None = Field(default=None, ge=64)
     l1_bytes: int | None = Field(default=None, ge=1024)
     l2_bytes: int | None = Field(default=None, ge=1024)
+    # GPU overrides: a TVM target tag to build for a card this host lacks
+    # ("nvidia/nvidia-h100"), and the limits the CUDA templates size knobs by.
+    gpu_tag: str | None = None
+    gpu_sm_count: int | None = Field(default=None, ge=1)
+    gpu_max_threads_per_block: int | None = Field(default=None, ge=32)
+    gpu_max_shared_memory_per_block: int | None = Field(default=None, ge=1024)
 
     # Wire-format limits: a compute declaration over any of these is refused before building.
     max_stages: int = 256
@@ -49,6 +55,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, validation_alias=AliasChoices("AUTOSCHED_REDIS_URL", "REDIS_URL")
     )
+    # A service that finds the schema behind migrates it under the migration lock (on), or
+    # waits this long for `autosched db upgrade` and then exits (off: one release step
+    # migrates). `autosched db upgrade` and `autosched up` always migrate.
+    auto_migrate: bool = True
+    schema_wait_s: float = Field(default=60.0, ge=0)
 
     # API server, and where clients and workers find it.
     api_host: str = "127.0.0.1"
@@ -69,8 +80,14 @@ class Settings(BaseSettings):
     # Scheduler: measure batches in flight per device key (fair sharing between jobs).
     batches_in_flight_per_device: int = Field(default=1, ge=1)
     batch_size: int = Field(default=8, ge=1)
-    # A dispatched trial nobody finished after this long is sent again (idempotent).
+    # A trial still unclaimed this long after it was sent is sent again even while its
+    # device's queue holds messages (a duplicate claims nothing).
     trial_redispatch_s: float = Field(default=600.0, gt=0)
+    # A trial no worker claimed this long after it was sent, while its device's queue is
+    # empty, lost its message (a broker restart without its data): it is sent again. The
+    # same holds for a final re-measurement nobody did (the wait doubles after each resend).
+    # A claimed trial is left to its worker, whose heartbeats tell whether it lives.
+    trial_unclaimed_resend_s: float = Field(default=60.0, gt=0)
 
     # Sandboxes (builder and runner processes): per-process address space (None: the
     # machine's memory shared among the pool, at most 8 GiB) and CPU seconds per process.

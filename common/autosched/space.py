@@ -155,6 +155,40 @@ class ChoiceKnob:
 Knob = TileKnob | ChoiceKnob
 
 
+@dataclass(frozen=True)
+class ProductLimit:
+    """A bound on several tile knobs at once: the product of the named levels stays within
+    ``limit`` (a GPU block's threads are the product of every axis' thread level; a thread's
+    accumulators, of its inner levels). Knob domains alone cannot say it, so sampling and
+    mutation repair a config into it and ``Template.validate`` refuses one outside it."""
+
+    name: str
+    terms: tuple[tuple[str, int], ...]  # (tile knob name, level index, 0 = outermost)
+    limit: int
+
+    def product(self, values: dict[str, KnobValue]) -> int:
+        return math.prod(values[knob][level] for knob, level in self.terms)
+
+    def repair(self, values: dict[str, KnobValue], knobs: dict[str, Knob]) -> None:
+        """Shrink the largest factor among the terms until the product fits (in place);
+        the outer level absorbs what is taken, so the split still covers its extent."""
+        while self.product(values) > self.limit:
+            knob_name, level = max(self.terms, key=lambda t: values[t[0]][t[1]])
+            knob = knobs[knob_name]
+            assert isinstance(knob, TileKnob) and level > 0, "limits name inner tile levels"
+            inner = list(values[knob_name][1:])
+            current = inner[level - 1]
+            inner[level - 1] = max(c for c in knob.candidates if c <= max(1, current // 2))
+            values[knob_name] = knob.make(inner)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "terms": [list(t) for t in self.terms], "limit": self.limit}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ProductLimit:
+        return cls(doc["name"], tuple((str(k), int(lv)) for k, lv in doc["terms"]), doc["limit"])
+
+
 def knob_from_json(doc: dict[str, Any]) -> Knob:
     if doc["kind"] == "tile":
         return TileKnob(doc["name"], doc["extent"], doc["levels"], tuple(doc["candidates"]))
@@ -169,12 +203,21 @@ class StageSpace:
     meta_template: str
     reason: str
     knobs: tuple[Knob, ...]
+    limits: tuple[ProductLimit, ...] = ()
 
     def knob(self, name: str) -> Knob:
         for k in self.knobs:
             if k.name == name:
                 return k
         raise ConfigError(f"stage {self.stage} has no knob {name!r}")
+
+    def repair(self, values: dict[str, KnobValue]) -> dict[str, KnobValue]:
+        """``values`` brought within the stage's limits (a copy; unchanged if within)."""
+        values = dict(values)
+        knobs = {k.name: k for k in self.knobs}
+        for limit in self.limits:
+            limit.repair(values, knobs)
+        return values
 
 
 @dataclass(frozen=True)
@@ -225,10 +268,27 @@ class Template:
                 )
             for knob in space.knobs:
                 knob.validate(values[knob.name])
+            for limit in space.limits:
+                if limit.product(values) > limit.limit:
+                    raise ConfigError(
+                        f"stage {space.stage}: {limit.name} is {limit.product(values)}, "
+                        f"over its limit {limit.limit}"
+                    )
         return config
 
+    def repair(self, config: Config) -> Config:
+        """``config`` with every stage brought within its limits (see ``ProductLimit``)."""
+        return Config(
+            {
+                s.stage: s.repair(config.values[s.stage]) if s.limits else config.values[s.stage]
+                for s in self.stages
+            }
+        )
+
     def sample(self, rng: random.Random) -> Config:
-        return Config({s.stage: {k.name: k.sample(rng) for k in s.knobs} for s in self.stages})
+        return self.repair(
+            Config({s.stage: {k.name: k.sample(rng) for k in s.knobs} for s in self.stages})
+        )
 
     def size(self) -> float:
         """A rough count of configs (tile knobs counted by their candidate combinations)."""
@@ -251,6 +311,7 @@ class Template:
                     "meta_template": s.meta_template,
                     "reason": s.reason,
                     "knobs": [k.to_json() for k in s.knobs],
+                    **({"limits": [lim.to_json() for lim in s.limits]} if s.limits else {}),
                 }
                 for s in self.stages
             ],
@@ -266,6 +327,7 @@ class Template:
                     s["meta_template"],
                     s.get("reason", ""),
                     tuple(knob_from_json(k) for k in s["knobs"]),
+                    tuple(ProductLimit.from_json(lim) for lim in s.get("limits", ())),
                 )
                 for s in doc["stages"]
             ),

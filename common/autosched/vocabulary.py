@@ -40,13 +40,24 @@ class WorkerState(StrEnum):
     OFFLINE = "offline"
 
 
-#: ``<kind>/<mcpu>/<cores>c/<vector bits>b``: what ``target_key`` makes (column: 120).
-TARGET_KEY_PATTERN = r"^[a-z]{1,16}/[a-z][a-z0-9_.-]{0,63}/[0-9]{1,4}c/[0-9]{1,4}b$"
+#: What ``target_key`` (``llvm/<mcpu>/<cores>c/<vector bits>b``) and ``gpu_target_key``
+#: (``cuda/<arch>/<SMs>sm/<shared memory per block, KiB>k``) make (column: 120).
+TARGET_KEY_PATTERN = (
+    r"^(?:[a-z]{1,16}/[a-z][a-z0-9_.-]{0,63}/[0-9]{1,4}c/[0-9]{1,4}b"
+    r"|cuda/sm_[0-9]{2,3}[a-z]?/[0-9]{1,4}sm/[0-9]{1,5}k)$"
+)
 
 
 def target_key(kind: str, mcpu: str, num_cores: int, vector_bits: int) -> str:
     """Records are shared between machines with the same key (same code generation)."""
     return f"{kind}/{mcpu}/{num_cores}c/{vector_bits}b"
+
+
+def gpu_target_key(arch: str, sm_count: int, shared_memory_per_block: int) -> str:
+    """A GPU's key names what code generation and the knob domains depend on: the
+    architecture, the SM count (grid sizing) and the shared memory a block may use. The
+    host CPU that builds is not part of it, so every H200 shares one key."""
+    return f"cuda/{arch}/{sm_count}sm/{shared_memory_per_block // 1024}k"
 
 
 def as_json() -> dict[str, Any]:

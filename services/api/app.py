@@ -16,7 +16,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from autosched.db.session import upgrade_database
+from autosched.db.migrate import ensure_schema, require_schema
 from autosched.logs import configure_logging
 from autosched.service import workload_sandbox
 from autosched.service.metrics import ServiceMetrics
@@ -48,8 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # Migrations first: every service applies them on start (idempotent).
-        await run_in_threadpool(upgrade_database, settings.resolved_database_url)
+        # The schema first: at head, or migrated under the migration lock (auto_migrate).
+        await run_in_threadpool(ensure_schema, settings.resolved_database_url, settings)
         await run_in_threadpool(state.host_hardware)  # detect once, before the first request
         # Template-building sandboxes start in the background: the first declarations then
         # do not wait for TVM to import in a fresh child.
@@ -124,6 +124,7 @@ def serve() -> None:
 
     settings = get_settings()
     configure_logging(settings, "api")
+    require_schema(settings.resolved_database_url, settings)  # a clear exit, not a traceback
     uvicorn.run(
         create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None
     )

@@ -16,13 +16,13 @@ import signal
 import socket
 import threading
 import uuid
-from datetime import timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from autosched.db.models import Job, utcnow
-from autosched.db.session import session_factory, session_scope, upgrade_database
+from autosched.db.migrate import require_schema
+from autosched.db.models import Job, db_now, utcnow
+from autosched.db.session import session_factory, session_scope
 from autosched.logs import configure_logging
 from autosched.service.dispatch import DeviceGate
 from autosched.service.farm import reap_silent_workers
@@ -46,13 +46,14 @@ def claim_jobs(
 ) -> list[int]:
     """Take every runnable job nobody holds, in (priority desc, created asc) order.
 
-    A claim is a conditional update, so two schedulers never both get a job.
+    A claim is a conditional update, so two schedulers never both get a job. Leases are
+    written and compared by the database's clock, so a skewed scheduler takes none early.
     """
     now = utcnow()
     free = or_(Job.scheduler_id.is_(None), Job.lease_expires_at.is_(None))
     runnable = (
         Job.state.in_(ACTIVE_JOB_STATES),
-        or_(free, Job.lease_expires_at < now),
+        or_(free, Job.lease_expires_at < db_now()),
     )
     claimed = []
     with session_scope(factory) as session:
@@ -67,7 +68,7 @@ def claim_jobs(
                 .where(Job.id == job_id, *runnable)
                 .values(
                     scheduler_id=scheduler_id,
-                    lease_expires_at=now + timedelta(seconds=lease_s),
+                    lease_expires_at=db_now(lease_s),
                     updated_at=now,
                 )
                 .execution_options(synchronize_session=False)
@@ -96,7 +97,7 @@ def run_scheduler(
     settings = settings or get_settings()
     configure_logging(settings, "scheduler")  # unless the embedding program did
     url = settings.resolved_database_url
-    upgrade_database(url)
+    require_schema(url, settings)  # at head, or migrated under the lock, or exit
     factory = session_factory(url)
     app = make_celery(settings)
     stop = stop_event or threading.Event()

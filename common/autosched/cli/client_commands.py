@@ -215,7 +215,7 @@ def fetch(
     ] = None,
 ) -> None:
     """Fetch a workload's best schedule (tuned, else static) and print it or build it."""
-    from autosched.client import build_schedule
+    from autosched.client import export_schedule
     from autosched.trace_format import format_trace
 
     wl = load_workload_file(workload)
@@ -238,8 +238,10 @@ def fetch(
         console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     if out is not None:
         with _api_errors():
-            build_schedule(wl, view).export_library(str(out))
-        console.print(f"built for {view.hardware.get('mcpu')}, written to {out}", style="green")
+            export_schedule(wl, view, out)
+        gpu = view.hardware.get("gpu")
+        built_for = gpu.get("arch") if isinstance(gpu, dict) else view.hardware.get("mcpu")
+        console.print(f"built for {built_for}, written to {out}", style="green")
 
 
 def workers(ctx: typer.Context) -> None:

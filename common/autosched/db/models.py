@@ -20,15 +20,21 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    literal,
+    select,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
 from autosched.vocabulary import JobState, TrialState, WorkerState
 
 
 def utcnow() -> datetime:
+    """This process's clock: for times only shown or recorded. What another process compares
+    (liveness) is written with ``db_now``."""
     return datetime.now(UTC)
 
 
@@ -47,6 +53,42 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
+
+
+class db_now(FunctionElement[datetime]):
+    """The database's clock, plus ``offset_s`` seconds, as an SQL expression.
+
+    Liveness times (heartbeats, job leases, dispatch and re-measure times) are written
+    with it and compared against it in the same SQL, so one clock decides and a process
+    whose own clock is skewed is judged fairly (``utcnow`` is for what is only shown).
+    PostgreSQL: ``now()`` (the transaction's start) plus an interval. SQLite: the same UTC
+    text SQLAlchemy stores (``YYYY-MM-DD HH:MM:SS.ffffff``, here in milliseconds), so text
+    comparison orders it correctly against stored values.
+    """
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+    def __init__(self, offset_s: float = 0.0) -> None:
+        super().__init__(literal(float(offset_s), Float()))
+
+
+@compiles(db_now, "postgresql")
+def _db_now_postgresql(element: db_now, compiler: Any, **kw: Any) -> str:
+    return f"(now() + make_interval(secs => {compiler.process(element.clauses, **kw)}))"
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element: db_now, compiler: Any, **kw: Any) -> str:
+    offset = compiler.process(element.clauses, **kw)
+    return f"(strftime('%Y-%m-%d %H:%M:%f', julianday('now') + ({offset}) / 86400.0) || '000')"
+
+
+def database_time(session: Session) -> datetime:
+    """The database's current time (``db_now()``), for a value compared later in SQL."""
+    value = session.scalar(select(db_now()))
+    assert value is not None
+    return value
 
 
 class Base(DeclarativeBase):

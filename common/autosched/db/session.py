@@ -1,4 +1,4 @@
-"""Engines and sessions; migrations applied on start (Alembic, ``migrations/``)."""
+"""Engines and sessions (migrations: ``autosched.db.migrate``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from autosched.settings import get_settings
-
-MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -66,12 +64,9 @@ def session_scope(factory: sessionmaker[Session] | None = None) -> Iterator[Sess
         session.close()
 
 
-def upgrade_database(url: str | None = None) -> None:
-    """Apply every Alembic migration (idempotent; called by each service on start)."""
-    from alembic import command
-    from alembic.config import Config
+def upgrade_database(url: str | None = None) -> bool:
+    """Migrate to head under the migration lock (``autosched.db.migrate``, the one
+    migrator); returns whether anything changed."""
+    from autosched.db.migrate import upgrade_database as upgrade
 
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("sqlalchemy.url", (url or get_settings().resolved_database_url))
-    command.upgrade(cfg, "head")
+    return upgrade(url)

@@ -10,6 +10,7 @@ with a conditional update (``autosched.service.measure_trials``).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import tenacity
@@ -17,7 +18,11 @@ from celery import Celery
 from kombu import Exchange, Queue
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from autosched.service.embedded_broker import TRANSPORT as EMBEDDED_TRANSPORT
+from autosched.service.embedded_broker import transport_url
 from autosched.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 
 def _transport_options(settings: Settings) -> dict[str, Any]:
@@ -25,16 +30,30 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
         # kombu's SQLAlchemy transport hands these to create_engine: wait on SQLite's lock
         # rather than fail while the scheduler and a worker both touch the broker file.
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
-    # Redis redelivers an unacked message after this long (a worker killed mid-batch);
-    # longer than any batch, so a slow but live worker is not doubled up.
+    # visibility_timeout: Redis hands a delivered but unacknowledged message (acks_late: the
+    # batch a worker is measuring) to another worker after this long. Correctness never
+    # depends on it: the database recovers every loss on its own clock (a silent worker is
+    # reaped after heartbeat_timeout_s and its claimed trials re-sent at once; a message lost
+    # unclaimed is re-sent after trial_unclaimed_resend_s), and a duplicate claims nothing.
+    # So it only has to be longer than any batch, or a slow but live worker's batch would be
+    # delivered twice and a second worker would spend its time finding it claimed: an hour,
+    # or twice the redispatch time if that is longer.
     return {"visibility_timeout": max(2 * settings.trial_redispatch_s, 3600.0)}
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
     """A Celery app for ``settings``' broker (Redis, or the embedded SQLite broker)."""
     settings = settings or get_settings()
-    app = Celery("autosched", broker=settings.broker_url, set_as_current=False)
+    if settings.embedded:
+        # Our subclass of kombu's SQLite transport (deletes what it delivers, raises on a
+        # failed publish); kombu reads the transport from a ``sqla+`` prefix first, so the
+        # URL goes without it.
+        broker, transport = transport_url(settings.broker_url), EMBEDDED_TRANSPORT
+    else:
+        broker, transport = settings.broker_url, None
+    app = Celery("autosched", broker=broker, set_as_current=False)
     app.conf.update(
+        broker_transport=transport,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -47,8 +66,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
         # A batch is bounded by its sandboxes instead (build and run timeouts, rlimits).
         broker_connection_retry_on_startup=True,
         broker_transport_options=_transport_options(settings),
-        # A broker blip while the scheduler sends a batch: keep trying a while before the
-        # error reaches the job.
+        # A broker blip while the scheduler sends a batch: keep trying ~50 s. Past that the
+        # dispatcher logs the error and sends again later (the trials stay queued in the
+        # database), so an outage delays a job and never fails it. The embedded transport
+        # raises on a failed publish too (a held SQLite lock), so this applies to it.
         task_publish_retry_policy={
             "max_retries": 20,
             "interval_start": 0.2,
@@ -85,3 +106,19 @@ def declare_queue(app: Celery, name: str) -> None:
     ):
         with attempt, app.connection_for_write() as conn:
             queue(conn.default_channel).declare()
+
+
+def queue_depth(app: Celery, name: str) -> int | None:
+    """Messages waiting in queue ``name`` (delivered ones not counted); None when the broker
+    cannot be asked (down, or not answering at once).
+
+    The scheduler asks before it re-sends trials nobody claimed: an empty queue means their
+    message is gone (a broker restarted without its data) or a worker holds it this instant.
+    """
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+            return int(conn.default_channel.queue_declare(queue=name).message_count)
+    except Exception as err:  # a probe: any failure means "cannot tell"
+        log.debug("broker queue %s: depth unknown (%s: %s)", name, type(err).__name__, err)
+        return None

@@ -75,6 +75,8 @@ def ensure_local_token(settings: Settings) -> str:
 class EmbeddedService:
     settings: Settings
     device_keys: list[str | None] = field(default_factory=lambda: [None])
+    #: more workers, each by its ``workers.main`` arguments (``["--device", "cuda:0"]``)
+    worker_args: list[list[str]] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
 
     @property
@@ -95,12 +97,13 @@ class EmbeddedService:
         return env
 
     def start(self, ready_timeout: float = 120.0) -> str:
-        from autosched.db import upgrade_database
+        from autosched.db.migrate import require_schema
 
         data_dir = self.settings.data_dir.resolve()
         logs = data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        upgrade_database(self.settings.resolved_database_url)  # once, before children race
+        # Migrated once, under the lock, before the children start (or a clear exit).
+        require_schema(self.settings.resolved_database_url, self.settings, migrate=True)
         token = ensure_local_token(self.settings)
         py = sys.executable
         # The children are the process entry points (``python -m``) of ``services`` and
@@ -110,8 +113,9 @@ class EmbeddedService:
             Child("api", [py, "-m", "services.api.app"], logs / "api.log"),
             Child("scheduler", [py, "-m", "services.scheduler.main"], logs / "scheduler.log"),
         ]  # fmt: skip
-        for i, key in enumerate(self.device_keys):
-            argv = [py, "-m", "workers.main"] + (["--device-key", key] if key else [])
+        tails = [["--device-key", key] if key else [] for key in self.device_keys]
+        for i, tail in enumerate(tails + self.worker_args):
+            argv = [py, "-m", "workers.main", *tail]
             self.children.append(Child(f"worker-{i}", argv, logs / f"worker-{i}.log"))
         env = self._env()
         for child in self.children:
@@ -144,7 +148,7 @@ class EmbeddedService:
             f"{self.url}/v1/workers", headers={"Authorization": f"Bearer {token}"}, timeout=2.0
         )
         online = [w for w in r.json() if w.get("state") == "online"] if r.is_success else []
-        return len(online) >= len(self.device_keys)
+        return len(online) >= len(self.device_keys) + len(self.worker_args)
 
     def supervise_once(self) -> None:
         """Restart any child that died (the database keeps all state, so nothing is lost)."""

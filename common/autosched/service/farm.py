@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from autosched.db.models import Device, Trial, Worker, utcnow
+from autosched.db.models import Device, Trial, Worker, db_now, utcnow
 from autosched.errors import (
     ConflictError,
     InvalidRequestError,
@@ -37,7 +36,7 @@ from autosched.vocabulary import IN_FLIGHT_TRIAL_STATES, TrialState, WorkerState
 log = logging.getLogger("autosched.farm")
 
 #: Target fields a report may repeat; each must equal the derived target's.
-_TARGET_FIELDS = ("kind", "mcpu", "num-cores")
+_TARGET_FIELDS = ("kind", "mcpu", "num-cores", "arch")
 
 
 def register_worker(session: Session, reg: WorkerRegister, *, caller: Caller) -> Worker:
@@ -66,9 +65,8 @@ def register_worker(session: Session, reg: WorkerRegister, *, caller: Caller) ->
         raise PermissionDeniedError(f"worker {reg.worker_id!r} belongs to another token")
     _pin(session, reg.device_key, derived_key, hw, caller)
 
-    now = utcnow()
     if worker is None:
-        worker = Worker(id=reg.worker_id, registered_at=now)
+        worker = Worker(id=reg.worker_id, registered_at=db_now())
         session.add(worker)
     worker.device_key = reg.device_key
     worker.target_key = derived_key
@@ -77,17 +75,18 @@ def register_worker(session: Session, reg: WorkerRegister, *, caller: Caller) ->
     worker.hostname = reg.hostname
     worker.token_id = caller.token_id
     worker.state = WorkerState.ONLINE
-    worker.last_heartbeat = now
+    worker.last_heartbeat = db_now()  # liveness: the database's clock, never the worker's
     session.flush()
+    session.refresh(worker, ["registered_at", "last_heartbeat"])
     return worker
 
 
 def _check_target(reported: dict[str, Any], derived: dict[str, Any]) -> None:
     for name in _TARGET_FIELDS:
-        if name in reported and reported[name] != derived[name]:
+        if name in reported and reported[name] != derived.get(name):
             raise InvalidRequestError(
                 f"target.{name} {reported[name]!r} does not match the reported hardware "
-                f"({derived[name]!r}); the server derives the target"
+                f"({derived.get(name)!r}); the server derives the target"
             )
 
 
@@ -142,9 +141,10 @@ def heartbeat(session: Session, worker_id: str, *, caller: Caller) -> Worker:
         raise NotFoundError(f"worker {worker_id!r} is not registered")
     if not caller.owns(worker.token_id):
         raise PermissionDeniedError(f"worker {worker_id!r} belongs to another token")
-    worker.last_heartbeat = utcnow()
+    worker.last_heartbeat = db_now()  # the database's clock: a skewed worker is judged fairly
     worker.state = WorkerState.ONLINE
     session.flush()
+    session.refresh(worker, ["last_heartbeat"])
     return worker
 
 
@@ -157,12 +157,13 @@ def mark_offline(session: Session, worker_id: str) -> int:
     return _requeue_claimed(session, [worker_id])
 
 
-def reap_silent_workers(session: Session, timeout_s: float, now: datetime | None = None) -> int:
-    """Mark workers silent for ``timeout_s`` offline; re-queue their claimed trials.
+def reap_silent_workers(session: Session, timeout_s: float) -> int:
+    """Mark workers silent for ``timeout_s`` (by the database's clock, which wrote their
+    heartbeats) offline; re-queue their claimed trials.
 
     Returns how many trials went back to the queue.
     """
-    cutoff = (now or utcnow()) - timedelta(seconds=timeout_s)
+    cutoff = db_now(-timeout_s)
     silent = session.scalars(
         select(Worker.id).where(Worker.state == WorkerState.ONLINE, Worker.last_heartbeat < cutoff)
     ).all()

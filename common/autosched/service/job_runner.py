@@ -291,6 +291,7 @@ class JobRunner:
                 target,
                 workloads=[w.workload for w in workloads],
                 redispatch_s=self.settings.trial_redispatch_s,
+                unclaimed_resend_s=self.settings.trial_unclaimed_resend_s,
                 gate=self.gate,
                 rank=(-job.priority, created.timestamp() if created else 0.0, job.id),
                 interrupted=self._interrupted,

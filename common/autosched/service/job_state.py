@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from autosched.db.models import Job, Trial, utcnow
+from autosched.db.models import Job, Trial, db_now, utcnow
 from autosched.db.session import session_scope
 from autosched.errors import JobCancelled, JobInterrupted
 from autosched.hardware import HardwareParams
@@ -66,7 +65,7 @@ class JobLease(threading.Thread):
             renewed = session.execute(
                 update(Job)
                 .where(*held_by(self.job_id, self.scheduler_id))
-                .values(lease_expires_at=utcnow() + timedelta(seconds=self.ttl_s))
+                .values(lease_expires_at=db_now(self.ttl_s))  # the database's clock
                 .execution_options(synchronize_session=False)
             ).rowcount
         return renewed == 1

@@ -2,8 +2,12 @@
 
 One timing per config lets a burst of machine noise pick the winner: a strong config timed
 during a slow second loses to a weaker one. Noise only ever slows a kernel down, so a trial
-keeps the lowest of its timings, and the best config is offered again with it. Running the
-same re-measurement twice (a redelivered task) only takes the minimum again.
+keeps the lowest of its timings, and the best config is offered again with it.
+
+The scheduler re-sends a re-measurement whose message may have been lost with the broker,
+so the same one can arrive twice. Each carries ``since``, the time the scheduler first
+asked: a trial re-measured since then is skipped, and the write is conditional on it, so
+of two copies run at once only the first records its timings.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, true, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from autosched.db.models import Trial, utcnow
+from autosched.db.models import Trial, db_now
 from autosched.db.session import session_scope
 from autosched.service.measure_trials import (
     batch_log_context,
@@ -36,11 +42,21 @@ def remeasure_trials(
     worker_id: str,
     measurer: Measurer,
     rounds: int = 2,
+    since: datetime | str | None = None,
 ) -> int:
     """Time the verified trials among ``trial_ids`` ``rounds`` more times (interleaved);
-    returns how many got a lower latency."""
+    returns how many got a lower latency. With ``since`` (a datetime or its ISO text),
+    trials re-measured at or after it are left alone (a duplicate request)."""
+    if isinstance(since, str):
+        since = datetime.fromisoformat(since)
     with batch_log_context(factory, trial_ids):
-        return _remeasure(factory, trial_ids, worker_id, measurer, rounds)
+        return _remeasure(factory, trial_ids, worker_id, measurer, rounds, since)
+
+
+def _not_remeasured_since(since: datetime | None) -> Any:
+    if since is None:
+        return true()
+    return or_(Trial.remeasured_at.is_(None), Trial.remeasured_at < since)
 
 
 def _remeasure(
@@ -49,6 +65,7 @@ def _remeasure(
     worker_id: str,
     measurer: Measurer,
     rounds: int,
+    since: datetime | None,
 ) -> int:
     with session_scope(factory) as session:
         registered = worker_hardware(session, worker_id)
@@ -64,6 +81,7 @@ def _remeasure(
                     Trial.state == TrialState.DONE,
                     Trial.status == TrialStatus.OK,
                     Trial.latency.is_not(None),
+                    _not_remeasured_since(since),
                 )
                 .order_by(Trial.id)
             )
@@ -81,28 +99,32 @@ def _remeasure(
             lowest[trial.id] = min(lowest.get(trial.id, math.inf), result.latency)
             timings.setdefault(trial.id, []).extend(result.latencies)
     improved: list[tuple[Trial, float]] = []
-    now = utcnow()
+    written = 0
     with session_scope(factory) as session:
         for trial in trials:
             assert trial.latency is not None  # selected above
             latency = min(trial.latency, lowest.get(trial.id, math.inf))
-            session.execute(
+            stored = session.execute(
                 update(Trial)
-                .where(Trial.id == trial.id)
+                .where(Trial.id == trial.id, _not_remeasured_since(since))
                 .values(
                     latency=latency,
                     latencies=list(trial.latencies or []) + timings.get(trial.id, []),
-                    remeasured_at=now,
+                    remeasured_at=db_now(),  # compared with the scheduler's database_time
                 )
                 .execution_options(synchronize_session=False)
-            )
+            ).rowcount
+            if stored != 1:  # a copy of this request finished first: its timings stand
+                continue
+            written += 1
             if latency < trial.latency:
                 improved.append((trial, latency))
     log.info(
-        "re-measured %d trials (%d rounds): %d got faster",
+        "re-measured %d trials (%d rounds): %d got faster; recorded %d",
         len(trials),
         rounds,
         len(improved),
+        written,
     )
     offer_fastest(factory, improved, hardware, worker_id, device_key)
     return len(improved)

@@ -104,7 +104,7 @@ def check_target_key(target: str) -> str:
     if len(target) > TARGET_KEY_MAX or not re.fullmatch(TARGET_KEY_PATTERN, target):
         raise InvalidRequestError(
             f"target {target[:TARGET_KEY_MAX]!r} is not a target key "
-            "(<kind>/<mcpu>/<cores>c/<vector bits>b)"
+            "(llvm/<mcpu>/<cores>c/<vector bits>b or cuda/<arch>/<SMs>sm/<shared KiB>k)"
         )
     return target
 

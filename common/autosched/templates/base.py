@@ -10,7 +10,7 @@ from tvm import s_tir
 
 from autosched.analysis import MetaTemplateKind, StageInfo
 from autosched.hardware import HardwareParams
-from autosched.space import Knob, KnobValue, divisors
+from autosched.space import Knob, KnobValue, ProductLimit, divisors
 
 UNROLL_STEPS = (0, 16, 64, 512)
 
@@ -42,6 +42,10 @@ class MetaTemplate(ABC):
     def knobs(self, stage: StageInfo, ctx: TemplateContext) -> list[Knob]:
         """The stage's knobs and their domains."""
 
+    def limits(self, stage: StageInfo, ctx: TemplateContext) -> list[ProductLimit]:
+        """Bounds over several knobs at once (a GPU block's threads); most have none."""
+        return []
+
     @abstractmethod
     def static_values(self, stage: StageInfo, ctx: TemplateContext) -> dict[str, KnobValue]:
         """Heuristic knob values from the hardware parameters alone (no measurement)."""
@@ -67,6 +71,22 @@ class MetaTemplate(ABC):
         state: ApplyState,
     ) -> None:
         """Transform ``sch`` for this stage. Deterministic in (stage, values)."""
+
+
+def reuse_axis(stage: StageInfo, axis: int | None) -> int | None:
+    """A second spatial axis to tile in registers beside ``axis`` (the vector or column
+    axis): one along which the operand read with ``axis`` is reused (matmul's i, a conv's
+    output channel), so each load of it feeds several accumulators; else the next one out."""
+    candidates = [a for a in stage.spatial_axes if a != axis and stage.extents[a] > 1]
+    if not candidates:
+        return None
+    for read in stage.reads:
+        used = {v for index in read.index_vars for v in index}
+        if axis in used:
+            reused = [a for a in candidates if a not in used]
+            if reused:
+                return max(reused, key=lambda a: stage.extents[a])
+    return candidates[-1]
 
 
 def block_exists(sch: s_tir.Schedule, name: str) -> bool:

@@ -23,6 +23,7 @@ from autosched.templates.base import (
     TemplateContext,
     block_exists,
     loop_extent,
+    reuse_axis,
 )
 
 SPATIAL_LEVELS, REDUCTION_LEVELS = 4, 2
@@ -79,7 +80,7 @@ class ComplexReduction(MetaTemplate):
         if vec_axis is not None:
             inner[vec_axis][2] = _pick_vector(extents[vec_axis], lanes)
         vec_regs = -(-inner[vec_axis][2] // lanes) if vec_axis is not None else 1
-        reg_axis = _register_axis(stage, vec_axis)
+        reg_axis = reuse_axis(stage, vec_axis)
         if reg_axis is not None:
             inner[reg_axis][1] = _largest_divisor_at_most(
                 extents[reg_axis], max(1, acc_budget // vec_regs)
@@ -296,21 +297,6 @@ def _vector_axis(stage: StageInfo) -> int | None:
         if stage.extents[axis] > 1:
             return axis
     return None
-
-
-def _register_axis(stage: StageInfo, vec_axis: int | None) -> int | None:
-    """A spatial axis to unroll into several accumulators: prefer one along which the operand
-    read with the vector axis is reused (each vector load then feeds several FMAs)."""
-    candidates = [a for a in stage.spatial_axes if a != vec_axis and stage.extents[a] > 1]
-    if not candidates:
-        return None
-    for read in stage.reads:
-        used = {v for index in read.index_vars for v in index}
-        if vec_axis in used:
-            reused = [a for a in candidates if a not in used]
-            if reused:
-                return max(reused, key=lambda a: stage.extents[a])
-    return candidates[-1]
 
 
 def _pick_vector(extent: int, lanes: int) -> int:

@@ -25,12 +25,16 @@ class LocationTunable(MetaTemplate):
             locations += (CONSUMER_OUTER, CONSUMER_TILE)
         return [ChoiceKnob("location", locations), *root_knobs(stage)]
 
+    @staticmethod
+    def inline_is_costly(stage: StageInfo) -> bool:
+        """A branch (padding) or div/mod indexing (reshape) inside a reduction's inner loop
+        is far dearer than one extra pass over memory; so is recomputing for several
+        consumers. (The static fill's rule, on CPUs and GPUs alike.)"""
+        return stage.has_conditional or stage.has_index_arith or len(stage.consumers) > 1
+
     def static_values(self, stage: StageInfo, ctx: TemplateContext) -> dict[str, KnobValue]:
-        # A branch (padding) or div/mod indexing (reshape) inside a reduction's inner loop is
-        # far dearer than one extra pass over memory; so is recomputing for several consumers.
-        costly_inline = stage.has_conditional or stage.has_index_arith or len(stage.consumers) > 1
         return {
-            "location": ROOT if costly_inline else INLINE,
+            "location": ROOT if self.inline_is_costly(stage) else INLINE,
             **root_static(stage, ctx.hw.vector_lanes_f32),
         }
 

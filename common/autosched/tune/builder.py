@@ -8,6 +8,10 @@ hangs past ``timeout_s`` is killed (BUILD_TIMEOUT); one that crashes is replaced
 (BUILD_ERROR with the exit signal); a Python error is a BUILD_ERROR with its message. The
 caller never sees an exception for a bad candidate. MetaSchedule and
 ``tvm.s_tir.tensor_intrin`` are never imported here (~30 s per process).
+
+For a CUDA ``hardware`` the library carries its kernels as a cubin for ``hw.gpu.arch``,
+compiled here with nvcc (``cuda_build``): a kernel nvcc or ptxas rejects is a BUILD_ERROR here,
+and the GPU host loads it with the TVM runtime alone.
 """
 
 from __future__ import annotations
@@ -181,11 +185,19 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
     stages = analyze(wl.prim_func)
     template = build_template(wl.prim_func, hw, stages)
     sch = apply_config(wl.prim_func, config, hw, template=template, stages=stages)
-    ex = tvm.compile(sch.mod, target=cpu_target(hw))
+    if hw.is_gpu:  # kernels compiled here for hw.gpu.arch: the GPU host needs no compiler
+        from autosched.tune import cuda_build
+
+        ex = cuda_build.compile_for_gpu(sch.mod, hw)
+    else:
+        ex = tvm.compile(sch.mod, target=cpu_target(hw))
     path = os.path.join(req["work_dir"], artifact_name(wl.key, req["config"]))
     tmp = f"{path}.tmp{os.getpid()}.so"
     try:
-        ex.export_library(tmp)
+        if hw.is_gpu:
+            cuda_build.export_library(ex, tmp, hw)
+        else:
+            ex.export_library(tmp)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

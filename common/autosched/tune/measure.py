@@ -64,8 +64,17 @@ class LocalMeasurer(Measurer):
         self.runner = runner
 
     @classmethod
-    def create(cls, work_dir: str) -> LocalMeasurer:
-        return cls(LocalBuilder(work_dir), LocalRunner(work_dir))
+    def create(
+        cls, work_dir: str, device: str = "cpu", replay: str | os.PathLike[str] | None = None
+    ) -> LocalMeasurer:
+        """Build here; run on ``device`` ("cpu" or "cuda:N"), or answer from the measurements
+        recorded in ``replay`` (fake hardware: ``replay_runner``)."""
+        if replay is not None:
+            from autosched.tune.replay_runner import ReplayRunner
+
+            return cls(LocalBuilder(work_dir), ReplayRunner(replay))
+        runner = LocalRunner(work_dir) if device == "cpu" else LocalRunner(work_dir, device=device)
+        return cls(LocalBuilder(work_dir), runner)
 
     def measure(self, inputs: list[MeasureInput]) -> list[MeasureResult]:
         return measure(self.builder, self.runner, inputs)

@@ -10,8 +10,19 @@ failure, so a candidate that hangs (RUN_TIMEOUT), crashes (RUN_ERROR with the ex
 or raises (RUN_ERROR with the message) cannot affect the next one. Wrong outputs are
 WRONG_ANSWER with the max abs/rel error.
 
-The reference is the unscheduled PrimFunc built with plain ``tvm.compile``, computed once
-per (workload key, seed) in a sandbox as well, and cached as ``.npy`` files in ``work_dir``.
+The reference is the unscheduled PrimFunc built with plain ``tvm.compile`` for the host CPU
+(``hardware.reference_target``), whatever the device, computed once per (workload key, seed)
+in a sandbox as well, and cached as ``.npy`` files in ``work_dir``; so CPU and GPU runners
+share it.
+
+``device`` is "cpu" or "cuda:N". On a CUDA device the child copies the inputs to the GPU,
+calls the kernel, copies the outputs back for the comparison, and times it on the GPU
+(``time_evaluator``: CUDA events) with an L2 flush before each repeat: a copy between two
+device buffers of ``l2_flush_bytes`` each (default twice the device's L2). A worker without
+that device answers every run with RUN_ERROR "no CUDA device cuda:N on this worker". The
+CUDA sandbox has no address-space limit unless one is given: the CUDA driver reserves far
+more virtual memory than any limit that would still mean something (it fails to initialize
+under one).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
@@ -57,6 +69,15 @@ class Runner(ABC):
 
 #: What the runner's sandbox child serves (``reference``, ``run``, ``limits``).
 RUN_HANDLER = "autosched.tune.runner_handlers:handle"
+#: The devices a runner measures on: the host CPU, or CUDA device N of this worker.
+DEVICE_PATTERN = re.compile(r"cpu|cuda:[0-9]{1,2}")
+
+
+def check_device(device: str) -> str:
+    """``device`` if it names a device a runner can measure on ("cpu", "cuda:N")."""
+    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
+        raise ValueError(f"device must be 'cpu' or 'cuda:N', not {device!r}")
+    return device
 
 
 class LocalRunner(Runner):
@@ -77,7 +98,12 @@ class LocalRunner(Runner):
         max_uses: int | None = 100,
         settings: Settings | None = None,
         limits: SandboxLimits | None = None,
+        device: str = "cpu",
+        l2_flush_bytes: int | None = None,
     ) -> None:
+        self.device = check_device(device)
+        #: bytes written before each timed repeat on a GPU (None: twice the device's L2)
+        self.l2_flush_bytes = l2_flush_bytes
         # Absolute: the sandbox runs in its own directory.
         self.work_dir = os.path.abspath(work_dir)
         os.makedirs(self.work_dir, exist_ok=True)
@@ -93,7 +119,10 @@ class LocalRunner(Runner):
         self.settings = settings or get_settings()
         # One sandbox at a time; rlimit_as_bytes (default: the settings' sandbox_memory_bytes
         # or half the usable memory, at most 8 GiB) overrides its address space.
-        limits = limits or SandboxLimits.for_pool(self.settings, 1)
+        if limits is None:
+            limits = SandboxLimits.for_pool(self.settings, 1)
+            if self.is_cuda:  # the driver's reservations exceed any useful limit
+                limits = replace(limits, as_bytes=None)
         if rlimit_as_bytes is not None:
             limits = replace(limits, as_bytes=rlimit_as_bytes)
         self.limits = limits
@@ -103,6 +132,13 @@ class LocalRunner(Runner):
         # canonical workload JSON -> (key, reference paths) or the reference's error
         self._refs: dict[str, tuple[str, list[str]] | str] = {}
         self.reference_computations = 0  # sandbox calls that computed a reference
+        # Set once a run found no such device here: it will not appear, so later runs fail
+        # at once instead of starting a sandbox each.
+        self._device_missing: str | None = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
 
     # -- workers ---------------------------------------------------------------------------
     def _call(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -190,6 +226,8 @@ class LocalRunner(Runner):
     def _run_one(self, inp: RunnerInput) -> RunResult:
         from autosched.tune.sandbox import SandboxTimeout
 
+        if self._device_missing is not None:
+            return RunResult(TrialStatus.RUN_ERROR, (), self._device_missing)
         ref = self._reference(inp.workload)
         if isinstance(ref, str):
             return RunResult(TrialStatus.RUN_ERROR, (), ref)
@@ -206,6 +244,8 @@ class LocalRunner(Runner):
             "repeat": self.repeat,
             "min_repeat_ms": self.min_repeat_ms,
             "cache_flush": self.enable_cpu_cache_flush,
+            "device": self.device,
+            "l2_flush_bytes": self.l2_flush_bytes,
         }
         t0 = time.perf_counter()
         try:
@@ -218,6 +258,8 @@ class LocalRunner(Runner):
         if reply.get("ok"):
             return RunResult(TrialStatus.OK, tuple(reply["latencies"]), None, secs)
         status = TrialStatus.WRONG_ANSWER if reply.get("wrong_answer") else TrialStatus.RUN_ERROR
+        if reply.get("device_missing"):
+            self._device_missing = str(reply.get("error"))
         return RunResult(status, (), str(reply.get("error")), secs)
 
     def run(self, inputs: list[RunnerInput]) -> list[RunResult]:

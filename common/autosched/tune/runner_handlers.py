@@ -1,9 +1,10 @@
 """The runner's sandbox handlers (child side): reference outputs, check and time, ``limits``.
 
 ``LocalRunner`` runs them in a ``SandboxWorker`` (``RUN_HANDLER``): ``reference`` builds the
-unscheduled PrimFunc and saves its outputs as ``.npy``; ``run`` loads a built candidate, calls
-it on deterministic inputs, compares with the reference and times it; ``limits`` reports what
-the child sees, for operators.
+unscheduled PrimFunc for the host CPU (also for a GPU device) and saves its outputs as
+``.npy``; ``run`` loads a built candidate, calls it on deterministic inputs on its device
+("cpu" or "cuda:N"), compares with the reference and times it; ``limits`` reports what the
+child sees, for operators.
 """
 
 from __future__ import annotations
@@ -60,10 +61,71 @@ def make_inputs(params: list[tuple[list[int], str, bool]], seed: int) -> list[An
     return arrays
 
 
-def _call(func: Any, arrays: list[Any]) -> list[Any]:
+class DeviceMissing(Exception):
+    """The worker has no such device: every run on it fails the same way."""
+
+
+def device(spec: str) -> Any:
+    """The TVM device of "cpu" or "cuda:N"; ``DeviceMissing`` if this worker lacks it."""
     import tvm
 
-    dev = tvm.cpu()
+    if spec == "cpu":
+        return tvm.cpu()
+    kind, _, index = spec.partition(":")
+    if kind != "cuda" or not index.isdigit():
+        raise ValueError(f"device must be 'cpu' or 'cuda:N', not {spec!r}")
+    dev = tvm.cuda(int(index))
+    try:
+        # False without a driver (no CUDA runtime registered) or past the last device.
+        exists = bool(dev.exist)
+    except Exception:
+        exists = False
+    if not exists:
+        raise DeviceMissing(f"no CUDA device {spec} on this worker")
+    return dev
+
+
+#: What ``time_evaluator`` calls before each repeat on a GPU (``register_gpu_flush``).
+GPU_FLUSH_FUNC = "autosched.runner.flush_gpu_l2"
+#: Flush size when the driver reports no L2 size.
+DEFAULT_FLUSH_BYTES = 256 << 20
+# (device id, bytes) -> the two device buffers the flush copies between; one pair at a time.
+_flush_buffers: dict[tuple[int, int], tuple[Any, Any]] = {}
+
+
+def register_gpu_flush(dev: Any, nbytes: int | None = None) -> str:
+    """Register the L2 flush for ``dev`` and return its name, for ``f_preproc``.
+
+    TVM only has a CPU flush (``cache_flush_cpu_non_first_arg``). This one copies a device
+    buffer of ``nbytes`` (default twice the device's L2) into another: the copy is on the
+    stream the kernel and the timer's events use, so each timed repeat starts with none of
+    the kernel's data in L2.
+    """
+    import tvm
+    import tvm_ffi
+
+    size = int(nbytes or 2 * int(dev.l2_cache_size_bytes or 0) or DEFAULT_FLUSH_BYTES)
+    key = (int(dev.device_id), size)
+    if key not in _flush_buffers:
+        _flush_buffers.clear()  # free the previous pair first
+        n = max(1, size // 4)
+        _flush_buffers[key] = (
+            tvm.runtime.empty((n,), "float32", dev),
+            tvm.runtime.empty((n,), "float32", dev),
+        )
+    src, dst = _flush_buffers[key]
+
+    def flush(*_args: Any) -> None:
+        src.copyto(dst)
+
+    tvm_ffi.register_global_func(GPU_FLUSH_FUNC, flush, override=True)
+    return GPU_FLUSH_FUNC
+
+
+def _call(func: Any, arrays: list[Any], dev: Any = None) -> list[Any]:
+    import tvm
+
+    dev = tvm.cpu() if dev is None else dev
     args = [tvm.runtime.tensor(a, dev) for a in arrays]
     func(*args)
     return args
@@ -73,14 +135,12 @@ def _reference(req: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import tvm
 
-    from autosched.hardware import HardwareParams, cpu_target
+    from autosched.hardware import HardwareParams, detect_hardware, reference_target
 
     func, params, _ = _workload_info(req["workload"])
-    target = cpu_target(HardwareParams.from_json(req["hardware"])) if req.get("hardware") else None
-    if target is None:
-        from autosched.hardware import detect_hardware
-
-        target = cpu_target(detect_hardware())
+    # The host CPU for any device: a GPU's kernels are checked against the same LLVM build.
+    doc = req.get("hardware")
+    target = reference_target(HardwareParams.from_json(doc) if doc else detect_hardware())
     t0 = time.perf_counter()
     ex = tvm.compile(tvm.IRModule({"main": func}), target=target)
     args = _call(ex.mod["main"], make_inputs(params, int(req["seed"])))
@@ -130,25 +190,35 @@ def _run(req: dict[str, Any]) -> dict[str, Any]:
     import tvm
 
     t0 = time.perf_counter()
+    spec = str(req.get("device") or "cpu")
+    try:
+        dev = device(spec)
+    except DeviceMissing as e:
+        return {"ok": False, "device_missing": True, "error": str(e)}
     _, params, k = _workload_info(req["workload"])
     refs = [np.load(p) for p in req["reference_paths"]]
     lib = tvm.runtime.load_module(req["artifact_path"])
     func = lib["main"]
-    args = _call(func, make_inputs(params, int(req["seed"])))
+    args = _call(func, make_inputs(params, int(req["seed"])), dev)
     outputs = [a.numpy() for a, (_, _, out) in zip(args, params, strict=True) if out]
     for i, (got, ref) in enumerate(zip(outputs, refs, strict=True)):
         problem = _compare(got, ref, float(req["rtol"]), float(req["atol"]), k)
         if problem is not None:
             where = f"output {i}: " if len(outputs) > 1 else ""
             return {"ok": False, "wrong_answer": True, "error": where + problem}
-    dev = tvm.cpu()
+    if not req["cache_flush"]:
+        preproc = ""
+    elif spec == "cpu":
+        preproc = "cache_flush_cpu_non_first_arg"
+    else:
+        preproc = register_gpu_flush(dev, req.get("l2_flush_bytes"))
     timer = lib.time_evaluator(
         "main",
         dev,
         number=int(req["number"]),
         repeat=int(req["repeat"]),
         min_repeat_ms=int(req["min_repeat_ms"]),
-        f_preproc="cache_flush_cpu_non_first_arg" if req["cache_flush"] else "",
+        f_preproc=preproc,
     )
     result = timer(*args)
     return {

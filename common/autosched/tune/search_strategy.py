@@ -117,7 +117,8 @@ class EvolutionarySearch(SearchStrategy):
             )
         else:
             values[space.stage][knob.name] = knob.sample(self.rng)
-        return Config(values)
+        # A step may break a limit over several knobs (a GPU block's threads): repair it.
+        return self.template.repair(Config(values))
 
     def crossover(self, a: Config, b: Config) -> Config:
         return Config({s: dict((a if self.rng.random() < 0.5 else b).values[s]) for s in a.values})

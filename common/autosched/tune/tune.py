@@ -25,11 +25,6 @@ from autosched.wire import Workload
 StrategyName = Literal["evolutionary", "random"]
 
 
-def target_key(hw: HardwareParams) -> str:
-    """Records are shared between machines with the same key (same code generation)."""
-    return f"{hw.kind}/{hw.mcpu}/{hw.num_cores}c/{hw.vector_bits}b"
-
-
 @dataclass(frozen=True)
 class Progress:
     trials_done: int
@@ -101,7 +96,10 @@ class TuningTask:
         #: a measurer this task created (and so must close): sandbox processes are not free
         self._owns_measurer = measurer is None
         if measurer is None:
-            measurer = LocalMeasurer.create(work_dir or tempfile.mkdtemp(prefix="autosched-"))
+            measurer = LocalMeasurer.create(
+                work_dir or tempfile.mkdtemp(prefix="autosched-"),
+                device="cuda:0" if hw.is_gpu else "cpu",
+            )
         self.measurer = measurer
         self.resumed_trials = len(previous)
         self.trials_done = len(previous)
