@@ -11,10 +11,10 @@ import time
 import pytest
 from sqlalchemy import update
 
-from autosched.db import Job, Trial, session_factory, session_scope
-from autosched.errors import JobCancelled, JobInterrupted
+from autosched.db import Trial, session_factory, session_scope
 from autosched.hardware import detect_hardware
-from autosched.service.dispatch import MEASURE_TASK, DeviceGate, DispatchMeasurer
+from autosched.service.dispatch import MEASURE_TASK, STOPPED_MESSAGE, DeviceGate, DispatchMeasurer
+from autosched.service.job_state import StopReason
 from autosched.service.measure_trials import measure_trials
 from autosched.tune.trial import MeasureInput, TrialStatus
 from autosched.vocabulary import TrialState
@@ -128,26 +128,37 @@ def test_redispatches_a_trial_pending_too_long(env, device_key):
         assert trial.state == TrialState.DONE and trial.dispatch_count >= 2
 
 
-def test_cancel_and_stop_end_the_wait(env, device_key):
+def test_a_stop_condition_ends_the_wait_with_failures_not_exceptions(env, device_key):
+    """Cancel and lease loss reach the measurer as a checked condition (``should_stop``):
+    it stops waiting promptly and answers, as a measurer does, with results (failures the
+    caller discards); nothing is raised through the ``Measurer`` interface."""
     factory, job_id, worker_id, inputs = env
     app = ThreadWorkerApp(factory, worker_id, measure=False)
     stopping = threading.Event()
-    measurer = _measurer(factory, app, job_id, device_key, interrupted=stopping.is_set)
+
+    def should_stop() -> StopReason | None:
+        return StopReason.CANCELLED if stopping.is_set() else None
+
+    measurer = _measurer(factory, app, job_id, device_key, should_stop=should_stop)
     threading.Timer(0.3, stopping.set).start()
-    with pytest.raises(JobInterrupted):
-        measurer.measure(inputs[:2])
-
-    measurer = _measurer(factory, app, job_id, device_key)
-
-    def cancel() -> None:
-        with session_scope(factory) as session:
-            session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
-
-    threading.Timer(0.3, cancel).start()
     started = time.monotonic()
-    with pytest.raises(JobCancelled):
-        measurer.measure(inputs[2:])
+    results = measurer.measure(inputs[:2])
     assert time.monotonic() - started < 3
+    assert [r.error for r in results] == [STOPPED_MESSAGE] * 2
+    assert not measurer.remeasure([1, 2])  # stopping: no re-measurement either
+    with session_scope(factory) as session:  # the trials stay, for a resumed run
+        assert session.query(Trial).filter(Trial.job_id == job_id).count() == 2
+
+
+def test_a_device_slot_is_given_up_when_asked(env):
+    gate = DeviceGate(limit=1)
+    with (
+        gate.slot("dev", (0, 0.0, 0)) as first,
+        gate.slot("dev", (0, 1.0, 1), lambda: True) as second,
+    ):
+        assert first and not second
+    with gate.slot("dev", (0, 2.0, 2)) as third:  # the waiter that gave up left the line
+        assert third
 
 
 def test_cancelled_trials_come_back_as_failures(env, device_key):

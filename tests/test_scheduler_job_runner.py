@@ -43,14 +43,14 @@ class FakeFarm:
         self.factory = factory
         self.worker_id = worker_id
         self.paused = False
-        self.fail_sends = False
+        self.fail_sends: Exception | None = None
         self.sent: list[list[int]] = []
         self.remeasured: list[list[int]] = []
         self.remeasure_measurer: FakeMeasurer | None = None
 
     def send_task(self, name: str, args: list, queue: str) -> None:
-        if self.fail_sends:
-            raise ConnectionError("broker unreachable")
+        if self.fail_sends is not None:
+            raise self.fail_sends
         measurer = FakeMeasurer()
         if name == REMEASURE_TASK:  # the job's final re-measurement of its best few
             self.remeasured.append(list(args[0]))
@@ -164,11 +164,26 @@ def test_an_internal_error_fails_the_job_with_its_message(farm, device_key):
     factory, app = farm
     keys = store(factory, matmul(12, 12, 44, "jr_fail"))
     job_id = create_job(factory, keys, device_key, trials=4)
-    app.fail_sends = True
+    app.fail_sends = RuntimeError("a bug in the send")
     assert _run(factory, app, job_id) == "failed"
     ended = job(factory, job_id)
-    assert "broker unreachable" in (ended.error or "") and ended.finished_at
+    assert "a bug in the send" in (ended.error or "") and ended.finished_at
     assert {t.state for t in trials_of(factory, job_id)} == {"cancelled"}
+
+
+def test_a_transient_error_releases_the_job_to_be_resumed(farm, device_key):
+    """The broker (or database) unreachable is not the job's fault: it is left, unheld,
+    to the next claim, which finishes it with its exact budget."""
+    factory, app = farm
+    keys = store(factory, matmul(12, 20, 44, "jr_transient"))
+    job_id = create_job(factory, keys, device_key, trials=4)
+    app.fail_sends = ConnectionError("broker unreachable")
+    assert _run(factory, app, job_id) is None
+    left = job(factory, job_id)
+    assert left.state == "running" and left.scheduler_id is None and left.error is None
+    app.fail_sends = None
+    assert _run(factory, app, job_id, name="s2") == "succeeded"
+    assert len(done_trials(factory, job_id)) == 4
 
 
 def test_a_job_waits_for_a_worker_of_its_device(sqlite_url, device_key):

@@ -122,3 +122,33 @@ def test_final_remeasurement_undoes_a_noise_burst(matmul):
     assert config_digest(results[4].best_config) == static
     assert results[4].best_latency == 1e-3
     assert measurer.calls.count(static) == 1 + 2  # its trial, then one per re-measure round
+
+
+def test_a_stop_condition_ends_a_step_without_recording_its_batch(matmul):
+    """Cancel or a lost lease reach the tuning loop as ``should_stop``, checked before and
+    after each batch: a batch measured while it became true is not recorded (the measurer
+    may have stopped waiting for part of it) and the step reports nothing measured."""
+    from autosched.tune.tune import TuningTask
+
+    stop = False
+    database = MemoryDatabase()
+    task = TuningTask(
+        matmul,
+        hw=HW,
+        database=database,
+        measurer=ReplayMeasurer(fallback=synthetic_latency),
+        should_stop=lambda: stop,
+    )
+    assert task.step(4) == 4
+    measure = task.measurer.measure
+
+    def measure_then_stop(inputs):  # the condition turns true while the batch is out
+        nonlocal stop
+        results = measure(inputs)
+        stop = True
+        return results
+
+    task.measurer.measure = measure_then_stop
+    assert task.step(4) == 0 and not task.exhausted
+    assert task.step(4) == 0
+    assert len(database.records(matmul.key, task.target)) == 4 == task.trials_done

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from autosched.db import BestConfig, Job, Trial, WorkloadRow, session_factory, session_scope
 from autosched.hardware import detect_hardware
 from autosched.service.dispatch import DispatchMeasurer
-from autosched.service.measure_trials import measure_trials, offer_best
+from autosched.service.measure_trials import FailurePolicy, measure_trials, offer_best
 from autosched.service.sql_database import SQLDatabase
 from autosched.service.workloads import ensure_template
 from autosched.space import Template
@@ -240,8 +240,16 @@ def test_a_measurer_error_is_recorded_and_a_shutdown_releases_the_claims(
         assert {t.state for t in _trials(session, job_id)} == {TrialState.QUEUED}
         assert all(t.worker_id is None for t in _trials(session, job_id))
 
-    assert measure_trials(factory, ids, worker_id, broken) == 4  # failures are data
+    # A broken measurer is this worker's fault, not the kernels': each trial goes back to
+    # the queue with the reason, and after the attempts cap it is recorded as failed.
+    policy = FailurePolicy(max_attempts=2, quarantine_after=100)
+    assert measure_trials(factory, ids, worker_id, broken, policy) == 0
     with session_scope(factory) as session:
         trials = _trials(session, job_id)
-    assert {t.status for t in trials} == {TrialStatus.RUN_ERROR}
+    assert {t.state for t in trials} == {TrialState.QUEUED}
+    assert all(t.attempts == 1 and "ValueError: boom" in t.last_error for t in trials)
+    assert measure_trials(factory, ids, worker_id, broken, policy) == 4  # failures are data
+    with session_scope(factory) as session:
+        trials = _trials(session, job_id)
+    assert {t.status for t in trials} == {TrialStatus.ENV_ERROR}
     assert all("ValueError: boom" in t.error and t.latency is None for t in trials)

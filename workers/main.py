@@ -43,6 +43,7 @@ from autosched.schemas import WorkerRegister
 from autosched.service import farm
 from autosched.service.celery_app import declare_queue
 from autosched.service.dispatch import device_queue
+from autosched.service.measure_trials import FailurePolicy
 from autosched.service.tokens import Caller
 from autosched.settings import Settings, get_settings
 
@@ -149,14 +150,23 @@ def run_worker(
     reg = register(factory, key, hw)
     log.info("worker %s serving %s (%s)", reg.worker_id, device_queue(key), reg.target_key)
 
-    work_dir = tempfile.mkdtemp(prefix="autosched-worker-")
+    work_dir = tempfile.mkdtemp(prefix="autosched-worker-", dir=settings.worker_work_root)
     measurer = LocalMeasurer.create(work_dir, device=device, replay=replay)
-    tasks.configure(tasks.WorkerContext(factory, reg.worker_id, measurer))
+    queue = device_queue(key)
+
+    def stop_consuming() -> None:
+        # Quarantined: keep heartbeating (the farm page shows it and why) but take no more
+        # messages from the queue. The solo pool runs tasks on the consumer's own thread.
+        if queue in app.amqp.queues.consume_from:
+            worker.consumer.cancel_task_queue(queue)
+
+    policy = FailurePolicy.from_settings(settings, on_quarantine=stop_consuming)
+    tasks.configure(tasks.WorkerContext(factory, reg.worker_id, measurer, policy))
     heartbeat = Heartbeat(factory, reg.worker_id, settings.heartbeat_interval_s)
     heartbeat.start()
     worker = app.Worker(
         hostname=f"{key}.{reg.worker_id.rsplit(':', 1)[-1]}@{reg.hostname}",
-        queues=[device_queue(key)],
+        queues=[queue],
         pool_cls="solo",
         concurrency=1,
         loglevel=loglevel,

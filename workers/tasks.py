@@ -24,6 +24,7 @@ class WorkerContext:
     factory: sessionmaker[Session]
     worker_id: str
     measurer: Measurer
+    policy: service.FailurePolicy | None = None  # None: from the settings
 
 
 _context: WorkerContext | None = None
@@ -40,7 +41,7 @@ def measure_trials(trial_ids: list[int]) -> int:
     if _context is None:
         raise RuntimeError("worker context not configured: start workers with workers.main")
     return service.measure_trials(
-        _context.factory, trial_ids, _context.worker_id, _context.measurer
+        _context.factory, trial_ids, _context.worker_id, _context.measurer, _context.policy
     )
 
 

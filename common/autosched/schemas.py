@@ -275,6 +275,11 @@ class WorkerView(BaseModel):
     queue_depth: int  # trials queued or running for its device key
     trials_done: int
     errors: int
+    # Quarantined: its sandboxes kept failing for environment reasons (full disk, ...), so
+    # it claims no work until it registers again; the reason is hidden from anonymous views.
+    quarantined: bool = False
+    quarantined_at: datetime | None = None
+    quarantine_reason: str | None = None
 
 
 class TokenCreate(BaseModel):

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     # API server, and where clients and workers find it.
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
+    # API processes (uvicorn workers); more than one spreads schedule fetches over the cores.
+    api_workers: int = Field(default=1, ge=1, le=64)
     api_url: str = "http://127.0.0.1:8000"
     # A client's bearer token (the CLI's submit/fetch commands send it).
     api_token: SecretStr | None = None
@@ -88,6 +90,19 @@ class Settings(BaseSettings):
     # same holds for a final re-measurement nobody did (the wait doubles after each resend).
     # A claimed trial is left to its worker, whose heartbeats tell whether it lives.
     trial_unclaimed_resend_s: float = Field(default=60.0, gt=0)
+    # Failures of the environment (a timeout under load, a full disk, a reference output
+    # that could not be computed, a worker that died holding the trial) hand a trial back
+    # to the queue; at this many it is recorded as failed with the reason. A trial whose
+    # workers died this many times is a poison trial: quarantined, never sent again.
+    max_trial_attempts: int = Field(default=3, ge=1)
+    # Where a worker makes its work directory (built libraries, reference outputs); None:
+    # the system's temporary directory. Its own volume keeps a full disk there from
+    # starving the rest of the host (and lets the fault tests fill it).
+    worker_work_root: Path | None = None
+    # A worker whose last this-many trials all failed in a way that blames its machine (a
+    # full disk, no memory, its measurer broken; not timeouts) quarantines itself: it keeps
+    # heartbeating (shown on the farm page) and claims no more work.
+    worker_quarantine_after: int = Field(default=5, ge=1)
 
     # Sandboxes (builder and runner processes): per-process address space (None: the
     # machine's memory shared among the pool, at most 8 GiB) and CPU seconds per process.

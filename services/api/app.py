@@ -125,9 +125,29 @@ def serve() -> None:
     settings = get_settings()
     configure_logging(settings, "api")
     require_schema(settings.resolved_database_url, settings)  # a clear exit, not a traceback
+    if settings.api_workers == 1:
+        uvicorn.run(
+            create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None
+        )
+        return
+    # Several processes (one per core is what fetch-heavy deployments want): uvicorn starts
+    # each from the factory, which reads the same environment, and logs through
+    # ``worker_app``'s handler.
     uvicorn.run(
-        create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None
+        "services.api.app:worker_app",
+        factory=True,
+        workers=settings.api_workers,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
     )
+
+
+def worker_app() -> FastAPI:
+    """One of ``api_workers`` API processes: its logging, then the app."""
+    settings = get_settings()
+    configure_logging(settings, "api")
+    return create_app(settings)
 
 
 if __name__ == "__main__":

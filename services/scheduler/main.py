@@ -17,18 +17,18 @@ import socket
 import threading
 import uuid
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from autosched.db.migrate import require_schema
-from autosched.db.models import Job, db_now, utcnow
+from autosched.db.models import Job
 from autosched.db.session import session_factory, session_scope
 from autosched.logs import configure_logging
+from autosched.service import job_state
 from autosched.service.dispatch import DeviceGate
 from autosched.service.farm import reap_silent_workers
 from autosched.service.job_runner import run_job
 from autosched.settings import Settings, get_settings
-from autosched.vocabulary import ACTIVE_JOB_STATES
 
 log = logging.getLogger("autosched.scheduler")
 
@@ -46,34 +46,18 @@ def claim_jobs(
 ) -> list[int]:
     """Take every runnable job nobody holds, in (priority desc, created asc) order.
 
-    A claim is a conditional update, so two schedulers never both get a job. Leases are
-    written and compared by the database's clock, so a skewed scheduler takes none early.
+    A claim is the state machine's conditional ``claim`` (``job_state``), so two schedulers
+    never both get a job, and a skewed scheduler takes no lease early (database clock).
     """
-    now = utcnow()
-    free = or_(Job.scheduler_id.is_(None), Job.lease_expires_at.is_(None))
-    runnable = (
-        Job.state.in_(ACTIVE_JOB_STATES),
-        or_(free, Job.lease_expires_at < db_now()),
-    )
     claimed = []
     with session_scope(factory) as session:
         candidates = session.scalars(
-            select(Job.id).where(*runnable).order_by(Job.priority.desc(), Job.created_at, Job.id)
+            select(Job.id)
+            .where(*job_state.claimable())
+            .order_by(Job.priority.desc(), Job.created_at, Job.id)
         ).all()
         for job_id in candidates:
-            if job_id in exclude:
-                continue
-            won = session.execute(
-                update(Job)
-                .where(Job.id == job_id, *runnable)
-                .values(
-                    scheduler_id=scheduler_id,
-                    lease_expires_at=db_now(lease_s),
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            if won:
+            if job_id not in exclude and job_state.claim(session, job_id, scheduler_id, lease_s):
                 claimed.append(job_id)
     return claimed
 
@@ -109,7 +93,9 @@ def run_scheduler(
     while not stop.is_set():
         try:
             with session_scope(factory) as session:
-                requeued = reap_silent_workers(session, settings.heartbeat_timeout_s)
+                requeued = reap_silent_workers(
+                    session, settings.heartbeat_timeout_s, settings.max_trial_attempts
+                )
             if requeued:
                 log.warning("reaped silent workers: %d trials back in the queue", requeued)
             for job_id in claim_jobs(

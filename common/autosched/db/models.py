@@ -189,6 +189,13 @@ class Trial(Base):
     run_secs: Mapped[float | None] = mapped_column(Float, nullable=True)
     worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Environment failures so far (timeouts, full disk, reference failure, its worker lost)
+    # and the last one's reason: the trial was handed back to the queue for each.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # How many of those attempts ended with its worker dead (reaped holding it): a poison
+    # trial, quarantined at ``max_trial_attempts``; sent alone once it killed one.
+    workers_lost: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -228,6 +235,12 @@ class Worker(Base):
     # The token that registered it: only that token (or an admin) may heartbeat it or
     # register it again. None: registered in-process by a worker with database access.
     token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"), nullable=True)
+    # Trials in a row whose failure blamed this worker's machine (reset by any other
+    # outcome); at ``worker_quarantine_after`` it is quarantined: it stays registered and
+    # heartbeating, but claims nothing until it registers again (an operator restarts it).
+    env_failure_streak: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    quarantined_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    quarantine_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Device(Base):

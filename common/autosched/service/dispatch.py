@@ -12,7 +12,9 @@ Broker loss is recovered from the database too. A trial still ``queued`` (no wor
 it) ``unclaimed_resend_s`` after it was sent, while its device's queue is empty, lost its
 message (a broker restarted without its data): it is sent again. A non-empty queue may
 still hold the message (workers busy), so that wait is the long ``redispatch_s``; a claimed
-trial is its worker's, reaped only when the worker stops heartbeating. A publish that fails
+trial is its worker's, reaped only when the worker stops heartbeating (a trial whose worker
+died is sent alone from then on: ``isolate``; the reaper quarantines one that killed
+``max_trial_attempts`` workers). A publish that fails
 (the broker down past Celery's publish retries) leaves the trials queued and is tried again
 after ``SEND_BACKOFF_S``: an outage delays a job, it never fails it.
 """
@@ -37,11 +39,11 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from autosched.db.models import Job, Trial, Worker, database_time, db_now, utcnow
+from autosched.db.models import Trial, Worker, database_time, db_now, utcnow
 from autosched.db.session import session_scope
 from autosched.db.upsert import insert_for
-from autosched.errors import JobCancelled, JobInterrupted
 from autosched.logs import log_context
+from autosched.service.job_state import StopReason
 from autosched.service.sql_database import TRIAL_IDENTITY, trial_result
 from autosched.space import Config
 from autosched.tune.measure import Measurer
@@ -54,6 +56,9 @@ log = logging.getLogger(__name__)
 MEASURE_TASK = "autosched.measure_trials"  # registered by workers/tasks.py
 REMEASURE_TASK = "autosched.remeasure_trials"
 CANCELLED_MESSAGE = "trial cancelled before a worker measured it"
+#: The result of a trial the measurer stopped waiting for (its caller checks ``should_stop``
+#: and discards the batch; the trial stays in the database and a resumed run finishes it).
+STOPPED_MESSAGE = "not measured: the job is stopping"
 #: What a publish raises when the broker cannot take it (after Celery's publish retries;
 #: kombu re-raises the transport's connection errors as its own).
 BROKER_ERRORS = (BrokerOperationalError, ChannelError)
@@ -89,13 +94,14 @@ class DeviceGate:
 
     @contextmanager
     def slot(
-        self, device_key: str, rank: Rank, check: Callable[[], None] = lambda: None
-    ) -> Iterator[None]:
-        """Hold one of ``device_key``'s slots; ``check`` runs while waiting (it raises to
-        give up, e.g. on cancel)."""
+        self, device_key: str, rank: Rank, give_up: Callable[[], bool] = lambda: False
+    ) -> Iterator[bool]:
+        """Hold one of ``device_key``'s slots; yields False (holding none) when ``give_up``,
+        asked while waiting, said so (e.g. on cancel)."""
         entry = (rank, next(self._tickets))
         with self._cond:
             heapq.heappush(self._waiting[device_key], entry)
+        granted = False
         try:
             while True:
                 with self._cond:
@@ -103,17 +109,22 @@ class DeviceGate:
                         heapq.heappop(self._waiting[device_key])
                         self._in_flight[device_key] += 1
                         self._cond.notify_all()
+                        granted = True
                         break
                     self._cond.wait(timeout=0.5)
-                check()  # outside the lock: it may query the database
-        except BaseException:
-            with self._cond:
-                self._waiting[device_key].remove(entry)
-                heapq.heapify(self._waiting[device_key])
-                self._cond.notify_all()
-            raise
+                if give_up():  # outside the lock: it may query the database
+                    break
+        finally:
+            if not granted:
+                with self._cond:
+                    self._waiting[device_key].remove(entry)
+                    heapq.heapify(self._waiting[device_key])
+                    self._cond.notify_all()
+        if not granted:
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             with self._cond:
                 self._in_flight[device_key] -= 1
@@ -141,7 +152,7 @@ class DispatchMeasurer(Measurer):
         poll_s: float = 0.25,
         gate: DeviceGate | None = None,
         rank: Rank | None = None,
-        interrupted: Callable[[], bool] = lambda: False,
+        should_stop: Callable[[], StopReason | None] = lambda: None,
         queue_depth: Callable[[str], int | None] | None = None,
     ) -> None:
         self.factory = factory
@@ -157,7 +168,7 @@ class DispatchMeasurer(Measurer):
         self.poll_s = poll_s
         self.gate = gate or DeviceGate(limit=1)
         self.rank: Rank = rank or (0, 0.0, job_id)
-        self.interrupted = interrupted
+        self.should_stop = should_stop
         self._keys = {_canonical(w.to_json()): w.key for w in workloads}
         self._sent: set[int] = set()  # trials this instance sent (a resumed job resends)
         if queue_depth is None:
@@ -215,17 +226,10 @@ class DispatchMeasurer(Measurer):
         return [ids[(key, digest)] for key, digest, _ in wanted]
 
     # ---- sending and waiting ----------------------------------------------------------
-    def _check(self, session: Session | None = None) -> None:
-        """Raise when the job should stop waiting: cancelled, or the scheduler stopping."""
-        if self.interrupted():
-            raise JobInterrupted(f"job {self.job_id}: scheduler stopping or lease lost")
-        if session is None:
-            with session_scope(self.factory) as own:
-                cancel = own.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
-        else:
-            cancel = session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
-        if cancel:
-            raise JobCancelled(f"job {self.job_id} was cancelled")
+    def _stopping(self) -> bool:
+        """Whether the job should stop waiting (cancelled, the scheduler stopping, the lease
+        lost): a checked condition; the caller sees it through ``should_stop`` too."""
+        return self.should_stop() is not None
 
     def _send(self, trial_ids: list[int]) -> bool:
         """One task per online worker of the device (each builds its share in parallel);
@@ -233,7 +237,9 @@ class DispatchMeasurer(Measurer):
         with session_scope(self.factory) as session:
             workers = session.scalar(
                 select(func.count()).where(
-                    Worker.device_key == self.device_key, Worker.state == WorkerState.ONLINE
+                    Worker.device_key == self.device_key,
+                    Worker.state == WorkerState.ONLINE,
+                    Worker.quarantine_reason.is_(None),  # it stopped consuming
                 )
             )
         chunks = max(1, min(len(trial_ids), workers or 1))
@@ -297,10 +303,15 @@ class DispatchMeasurer(Measurer):
         return self.queue_depth(device_queue(self.device_key)) == 0
 
     def wait(self, trial_ids: list[int]) -> dict[int, Trial]:
-        """Send what needs sending and poll until every trial is done or cancelled."""
+        """Send what needs sending and poll until every trial is done or cancelled, or the
+        job is stopping (then those finished so far)."""
+        finished = (TrialState.DONE, TrialState.CANCELLED)
         while True:
+            if self._stopping():
+                with session_scope(self.factory) as session:
+                    query = select(Trial).where(Trial.id.in_(trial_ids), Trial.state.in_(finished))
+                    return {t.id: t for t in session.scalars(query)}
             with session_scope(self.factory) as session:
-                self._check(session)
                 # Overdue by the database's clock, which wrote dispatched_at.
                 overdue = Trial.dispatched_at < db_now(-self.redispatch_s)
                 unclaimed = Trial.dispatched_at < db_now(-self.unclaimed_resend_s)
@@ -309,7 +320,7 @@ class DispatchMeasurer(Measurer):
                     select(Trial, overdue, unclaimed, settled).where(Trial.id.in_(trial_ids))
                 ).all()
             trials = {row[0].id: row[0] for row in rows}
-            if all(t.state in (TrialState.DONE, TrialState.CANCELLED) for t in trials.values()):
+            if all(t.state in finished for t in trials.values()):
                 return trials
             queued = [row for row in rows if row[0].state == TrialState.QUEUED]
             resend = [
@@ -319,7 +330,10 @@ class DispatchMeasurer(Measurer):
             ]
             resend += self._lost([row for row in queued if row[0].id not in resend])
             if resend and time.monotonic() >= self._send_after:
-                self._send(sorted(resend))
+                suspects = {t.id for t, *_ in queued if t.workers_lost}
+                for group in isolate(sorted(resend), suspects):
+                    if not self._send(group):
+                        break
             time.sleep(self.poll_s)
 
     def _lost(self, queued: Sequence[Any]) -> list[int]:
@@ -343,7 +357,8 @@ class DispatchMeasurer(Measurer):
     def measure(self, inputs: list[MeasureInput]) -> list[MeasureResult]:
         if not inputs:
             return []
-        self._check()
+        if self._stopping():
+            return [_stopped() for _ in inputs]
         trial_ids = self.ensure_trials(inputs)
         with session_scope(self.factory) as session:
             pending = session.scalar(
@@ -356,9 +371,9 @@ class DispatchMeasurer(Measurer):
             if pending is None:  # all recorded before (a resumed job): nothing to send
                 trials = self.wait(trial_ids)
             else:
-                with self.gate.slot(self.device_key, self.rank, self._check):
-                    trials = self.wait(trial_ids)
-            results = [_result(trials[i]) for i in trial_ids]
+                with self.gate.slot(self.device_key, self.rank, self._stopping) as granted:
+                    trials = self.wait(trial_ids) if granted else {}
+            results = [_result(trials[i]) if i in trials else _stopped() for i in trial_ids]
             if pending is not None:
                 log.info("job %d: batch measured: %s", self.job_id, status_counts(results))
         return results
@@ -375,11 +390,14 @@ class DispatchMeasurer(Measurer):
         since, so a duplicate records nothing twice."""
         if not trial_ids:
             return True
-        self._check()
+        if self._stopping():
+            return False
         with (
             log_context(trial_ids=trial_ids),
-            self.gate.slot(self.device_key, self.rank, self._check),
+            self.gate.slot(self.device_key, self.rank, self._stopping) as granted,
         ):
+            if not granted:
+                return False
             with session_scope(self.factory) as session:
                 sent = database_time(session)  # the workers stamp remeasured_at with db_now()
             deadline = time.monotonic() + self.redispatch_s
@@ -401,8 +419,9 @@ class DispatchMeasurer(Measurer):
                     )
                     if self._send_remeasure(trial_ids, rounds, sent):
                         last_sent, resend_s = now, 2 * resend_s
+                if self._stopping():
+                    return False
                 with session_scope(self.factory) as session:
-                    self._check(session)
                     waiting = session.scalar(
                         select(func.count()).where(
                             Trial.id.in_(trial_ids),
@@ -431,10 +450,23 @@ class DispatchMeasurer(Measurer):
         return True
 
 
+def isolate(trial_ids: list[int], suspects: set[int]) -> list[list[int]]:
+    """The sends for ``trial_ids``: the others together, each suspect alone. A suspect's
+    worker died holding it, so it may be what kills workers; alone, the next death is
+    charged to it only (the reaper quarantines it at ``max_trial_attempts``) and not to a
+    batch of innocent trials."""
+    rest = [t for t in trial_ids if t not in suspects]
+    return ([rest] if rest else []) + [[t] for t in trial_ids if t in suspects]
+
+
 def status_counts(results: Iterable[MeasureResult]) -> str:
     """``ok=6 build_error=2``: a batch's statuses, for its log line."""
     counts = Counter(str(r.status) for r in results)
     return " ".join(f"{status}={n}" for status, n in sorted(counts.items())) or "empty"
+
+
+def _stopped() -> MeasureResult:
+    return MeasureResult(TrialStatus.RUN_ERROR, math.inf, STOPPED_MESSAGE)
 
 
 def _result(trial: Trial) -> MeasureResult:

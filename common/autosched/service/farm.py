@@ -1,7 +1,11 @@
 """The device farm: workers register, heartbeat, and go offline when they fall silent.
 
 A worker that misses heartbeats is marked offline and the trials it had claimed go back to
-the queue (state ``queued``, worker cleared) for the scheduler to send again.
+the queue (state ``queued``, worker cleared) for the scheduler to send again, each charged
+with a lost worker: one that has killed ``max_trial_attempts`` workers is a poison trial,
+recorded as failed and never sent again. A worker whose trials keep failing in ways that
+blame its machine quarantines itself (``measure_trials``): it stays online, shown as
+quarantined, and is not counted among the workers that take work.
 
 Registration is a trust boundary. A worker token registers only the device keys it was
 granted, and only worker ids that are new or its own; the reported hardware is validated and
@@ -21,6 +25,7 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from autosched.db.models import Device, Trial, Worker, db_now, utcnow
+from autosched.db.upsert import insert_for
 from autosched.errors import (
     ConflictError,
     InvalidRequestError,
@@ -30,6 +35,7 @@ from autosched.errors import (
 from autosched.hardware import HardwareParams, HostDescription, target_json
 from autosched.schemas import WorkerRegister, WorkerView
 from autosched.service.tokens import Caller
+from autosched.settings import get_settings
 from autosched.tune.trial import TrialStatus
 from autosched.vocabulary import IN_FLIGHT_TRIAL_STATES, TrialState, WorkerState
 
@@ -76,6 +82,10 @@ def register_worker(session: Session, reg: WorkerRegister, *, caller: Caller) ->
     worker.token_id = caller.token_id
     worker.state = WorkerState.ONLINE
     worker.last_heartbeat = db_now()  # liveness: the database's clock, never the worker's
+    # Registering again is the way out of quarantine (an operator restarted the worker).
+    worker.env_failure_streak = 0
+    worker.quarantined_at = None
+    worker.quarantine_reason = None
     session.flush()
     session.refresh(worker, ["registered_at", "last_heartbeat"])
     return worker
@@ -98,16 +108,23 @@ def _pin(
     device = session.get(Device, device_key)
     now = utcnow()
     if device is None:
-        device = Device(
-            key=device_key,
-            target_key=target_key,
-            hardware=hw.to_json(),
-            pinned_by_token_id=caller.token_id,
-            created_at=now,
-            pinned_at=now,
+        # Workers of a new key may start together: the first insert pins, the others find
+        # its row (insert-or-ignore, then read) instead of failing on the primary key.
+        session.execute(
+            insert_for(session, Device)
+            .values(
+                key=device_key,
+                target_key=target_key,
+                hardware=hw.to_json(),
+                pinned_by_token_id=caller.token_id,
+                created_at=now,
+                pinned_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["key"])
         )
-        session.add(device)
-    elif _pinned(device) != hw:
+        device = session.get(Device, device_key, populate_existing=True)
+        assert device is not None
+    if _pinned(device) != hw:
         if not caller.is_admin:
             raise ConflictError(
                 f"device key {device_key!r} is pinned to {device.target_key} hardware; this "
@@ -157,10 +174,12 @@ def mark_offline(session: Session, worker_id: str) -> int:
     return _requeue_claimed(session, [worker_id])
 
 
-def reap_silent_workers(session: Session, timeout_s: float) -> int:
+def reap_silent_workers(session: Session, timeout_s: float, max_attempts: int | None = None) -> int:
     """Mark workers silent for ``timeout_s`` (by the database's clock, which wrote their
-    heartbeats) offline; re-queue their claimed trials.
+    heartbeats) offline; re-queue their claimed trials, each charged with a lost worker.
 
+    A trial whose workers died ``max_attempts`` times (default: the settings') is a poison
+    trial: recorded as failed ("poison: killed N workers") instead, never sent again.
     Returns how many trials went back to the queue.
     """
     cutoff = db_now(-timeout_s)
@@ -170,21 +189,72 @@ def reap_silent_workers(session: Session, timeout_s: float) -> int:
     if not silent:
         return 0
     session.execute(update(Worker).where(Worker.id.in_(silent)).values(state=WorkerState.OFFLINE))
-    return _requeue_claimed(session, list(silent))
+    if max_attempts is None:
+        max_attempts = get_settings().max_trial_attempts
+    _quarantine_poison(session, list(silent), max_attempts)
+    return _requeue_claimed(session, list(silent), lost=True)
 
 
-def _requeue_claimed(session: Session, worker_ids: list[str]) -> int:
+def _quarantine_poison(session: Session, worker_ids: list[str], max_attempts: int) -> None:
+    """Record the dead workers' claimed trials that have now killed ``max_attempts``
+    workers as failed: the environment's fault, but one the trial brings with it."""
+    held = (Trial.worker_id.in_(worker_ids), Trial.state == TrialState.RUNNING)
+    poison = session.scalars(
+        select(Trial.id).where(*held, Trial.workers_lost + 1 >= max_attempts)
+    ).all()
+    if not poison:
+        return
+    session.execute(
+        update(Trial)
+        .where(Trial.id.in_(poison), *held)
+        .values(
+            state=TrialState.DONE,
+            status=TrialStatus.ENV_ERROR,
+            latency=None,
+            latencies=[],
+            error=POISON_MESSAGE.format(n=max_attempts),
+            workers_lost=Trial.workers_lost + 1,
+            attempts=Trial.attempts + 1,
+            last_error=LOST_MESSAGE,
+            finished_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    log.error("trials %s quarantined: %s", sorted(poison), POISON_MESSAGE.format(n=max_attempts))
+
+
+#: The error of a trial that killed the workers measuring it, and of one worker's loss.
+POISON_MESSAGE = "poison: killed {n} workers (each stopped heartbeating while measuring it)"
+LOST_MESSAGE = "worker lost while measuring it (stopped heartbeating)"
+
+
+def _requeue_claimed(session: Session, worker_ids: list[str], *, lost: bool = False) -> int:
+    """Put the workers' claimed trials back in the queue; ``lost``: the workers died (not a
+    clean shutdown), which counts against each trial they held."""
+    charge = (
+        {
+            "workers_lost": Trial.workers_lost + 1,
+            "attempts": Trial.attempts + 1,
+            "last_error": LOST_MESSAGE,
+        }
+        if lost
+        else {}
+    )
     result = session.execute(
         update(Trial)
         .where(Trial.worker_id.in_(worker_ids), Trial.state == TrialState.RUNNING)
-        .values(state=TrialState.QUEUED, worker_id=None, dispatched_at=None)
+        .values(state=TrialState.QUEUED, worker_id=None, dispatched_at=None, **charge)
+        .execution_options(synchronize_session=False)
     )
     session.flush()
     return result.rowcount or 0
 
 
 def online_workers(session: Session, device_key: str | None = None) -> list[Worker]:
-    query = select(Worker).where(Worker.state == WorkerState.ONLINE)
+    """Workers that take work: online and not quarantined."""
+    query = select(Worker).where(
+        Worker.state == WorkerState.ONLINE, Worker.quarantine_reason.is_(None)
+    )
     if device_key is not None:
         query = query.where(Worker.device_key == device_key)
     return list(session.scalars(query.order_by(Worker.registered_at)))
@@ -199,7 +269,10 @@ def public_worker_id(worker_id: str | None) -> str | None:
 
 def redact_worker(view: WorkerView) -> WorkerView:
     """The anonymous form of a worker's view: pseudonymous id, no host name."""
-    return view.model_copy(update={"id": public_worker_id(view.id), "hostname": None})
+    # A quarantine's reason quotes an error, which may name hosts and paths.
+    return view.model_copy(
+        update={"id": public_worker_id(view.id), "hostname": None, "quarantine_reason": None}
+    )
 
 
 def list_workers(session: Session, *, redact: bool = True) -> list[WorkerView]:
@@ -253,6 +326,9 @@ def _view(w: Worker, queue_depth: int, trials_done: int, errors: int) -> WorkerV
         queue_depth=queue_depth,
         trials_done=trials_done,
         errors=errors,
+        quarantined=w.quarantine_reason is not None,
+        quarantined_at=w.quarantined_at,
+        quarantine_reason=w.quarantine_reason,
     )
 
 
@@ -263,7 +339,11 @@ def freshest_online(session: Session, column: InstrumentedAttribute[T], target: 
     """``column`` of the online worker compiling for ``target`` that heartbeated last."""
     return session.scalars(
         select(column)
-        .where(Worker.state == WorkerState.ONLINE, Worker.target_key == target)
+        .where(
+            Worker.state == WorkerState.ONLINE,
+            Worker.quarantine_reason.is_(None),
+            Worker.target_key == target,
+        )
         .order_by(Worker.last_heartbeat.desc())
         .limit(1)
     ).first()

@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from enum import Enum
 from math import isfinite
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -31,15 +32,19 @@ from autosched.hardware import HardwareParams
 from autosched.logs import log_context
 from autosched.service.dispatch import DeviceGate, DispatchMeasurer
 from autosched.service.farm import device_hardware, online_workers
-from autosched.service.job_state import JobHold, JobLease
+from autosched.service.job_state import JobHold, JobLease, StopReason, is_transient
 from autosched.service.measure_trials import measure_inputs
-from autosched.service.sql_database import SQLDatabase, trial_result
+from autosched.service.remeasure import RecordedRemeasurer
+from autosched.service.sql_database import SQLDatabase, is_final, trial_result
 from autosched.service.workloads import in_process, load_stored, template_row
 from autosched.settings import Settings, get_settings
 from autosched.space import Config
 from autosched.tune.trial import MeasureInput, MeasureResult, TrialStatus, config_digest
 from autosched.vocabulary import IN_FLIGHT_TRIAL_STATES, TERMINAL_JOB_STATES, JobState, TrialState
 from autosched.wire import Workload
+
+if TYPE_CHECKING:
+    from autosched.tune.tune import TuningTask
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +82,7 @@ class JobRunner:
         self.settings = settings
         self.gate = gate
         self.poll_s = poll_s
-        self.hold = JobHold(factory, job_id, scheduler_id)
+        self.hold = JobHold(factory, job_id, scheduler_id, retry_s=settings.heartbeat_timeout_s)
         self.lease = JobLease(
             factory,
             job_id,
@@ -86,8 +91,22 @@ class JobRunner:
             interval_s=settings.heartbeat_interval_s,
         )
 
-    def _interrupted(self) -> bool:
-        return self.stop_event.is_set() or self.lease.lost
+    def should_stop(self) -> StopReason | None:
+        """The condition the tuning loop and the measurer check between steps."""
+        if self.stop_event.is_set() or self.lease.lost:
+            return StopReason.INTERRUPTED
+        if self.hold.cancel_requested():
+            return StopReason.CANCELLED
+        return None
+
+    def _stop_if_asked(self) -> None:
+        """Leave the phases here when ``should_stop`` says so (the runner's own control
+        flow: ``_outcome`` turns these into the job's end or its release)."""
+        reason = self.should_stop()
+        if reason is StopReason.CANCELLED:
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+        if reason is StopReason.INTERRUPTED:
+            raise JobInterrupted(f"job {self.job_id}: scheduler stopping or lease lost")
 
     # ---- phases ---------------------------------------------------------------------------
     def _wait_for_device(self) -> HardwareParams | None:
@@ -103,8 +122,7 @@ class JobRunner:
                 pinned = device_hardware(session, job.device_key)
                 if pinned is not None and online_workers(session, job.device_key):
                     return pinned
-            if self._interrupted():
-                raise JobInterrupted(f"job {self.job_id}: scheduler stopping")
+            self._stop_if_asked()
             self.stop_event.wait(self.poll_s)
 
     def _workloads(self, hw: HardwareParams) -> list[_Workload]:
@@ -146,10 +164,15 @@ class JobRunner:
             )
 
     def _known(self, workload_key: str, target: str, config: Config) -> MeasureResult | None:
-        """A recorded result of ``config`` from any job (configs are measured once)."""
+        """A recorded result of ``config`` from any job (configs are measured once), unless
+        another job's failure was the environment's."""
         with session_scope(self.factory) as session:
             row = _recorded_trial(session, workload_key, target, config)
-            return trial_result(row) if row is not None else None
+            # Another job's environment failure (a timeout under load, a full disk) says
+            # nothing of the config: measure it again.
+            if row is None or not (row.job_id == self.job_id or is_final(row)):
+                return None
+            return trial_result(row)
 
     def _measure_static(
         self,
@@ -173,6 +196,7 @@ class JobRunner:
                 todo.append((w, doc))
         if todo:
             results = measurer.measure([inp for _, inp in todo])
+            self._stop_if_asked()  # results of a stopped wait are no measurements
             for (w, _), result in zip(todo, results, strict=True):
                 latencies[w.row.id] = _ok_latency(result)
         with session_scope(self.factory) as session:
@@ -203,11 +227,12 @@ class JobRunner:
         if pending:
             log.info("job %d: resuming, %d trials still in flight", self.job_id, len(pending))
             measurer.measure(inputs)
+            self._stop_if_asked()
 
     def _tune(
         self, job: Job, workloads: list[_Workload], measurer: DispatchMeasurer, hw: HardwareParams
     ) -> None:
-        from autosched.tune.tune import TuningTask
+        from autosched.tune.tune import TuningTask  # the engine's imports, on first use
 
         self._finish_in_flight(measurer, hw)
         budget = job.trials_per_workload
@@ -219,6 +244,7 @@ class JobRunner:
                 database=SQLDatabase(self.factory, self.job_id),
                 measurer=measurer,
                 seed=job.seed,
+                should_stop=self.should_stop,
             )
             for w in workloads
         ]
@@ -230,98 +256,134 @@ class JobRunner:
                     left = budget - self._own_done(task.workload.key)
                     if left <= 0 or task.exhausted:
                         continue
-                    if self._interrupted():
-                        raise JobInterrupted(f"job {self.job_id}: scheduler stopping")
+                    self._stop_if_asked()
                     progressed |= task.step(min(self.settings.batch_size, left)) > 0
+            self._stop_if_asked()  # a stopped step measured nothing: not the end of the search
+            self._remeasure_best(tasks, workloads, measurer)
         finally:
             for task in tasks:
                 task.close()
 
     def _remeasure_best(
-        self, workloads: list[_Workload], measurer: DispatchMeasurer, target: str
+        self, tasks: list[TuningTask], workloads: list[_Workload], measurer: DispatchMeasurer
     ) -> None:
-        """Time each workload's fastest few trials of this job and its static config again
-        before the job ends, as ``tune()`` does: a single timing caught in a slow spell
-        would otherwise decide which config is published."""
-        ids: list[int] = []
-        static: dict[int, int] = {}  # JobWorkload id -> the static config's trial id
+        """Time each workload's fastest few trials and its static config again before the
+        job ends, by the tuning task's own path (``remeasure_best``, as ``tune()``): a single
+        timing caught in a slow spell would otherwise decide which config is published. The
+        workers record the timings on the trials; the baseline may have got faster too."""
+        remeasurer = RecordedRemeasurer(measurer)
+        for task in tasks:
+            task.remeasure_best(REMEASURE_TOP, measurer=remeasurer)
+            self._stop_if_asked()
         with session_scope(self.factory) as session:
             for w in workloads:
-                ok = (Trial.status == TrialStatus.OK) & Trial.latency.is_not(None)
-                ids += session.scalars(
-                    select(Trial.id)
-                    .where(Trial.job_id == self.job_id, Trial.workload_key == w.workload.key, ok)
-                    .order_by(Trial.latency, Trial.id)
-                    .limit(REMEASURE_TOP)
-                ).all()
                 static_config = Config.from_json(w.template.static_config)
-                row = _recorded_trial(session, w.workload.key, target, static_config, verified=True)
-                if row is not None:
-                    static[w.row.id] = row.id
-        ids = sorted(set(ids) | set(static.values()))
-        if len(ids) < 2 or not measurer.remeasure(ids):
-            return
-        with session_scope(self.factory) as session:
-            for row_id, trial_id in static.items():  # the baseline may have got faster too
-                latency = session.scalar(select(Trial.latency).where(Trial.id == trial_id))
-                session.execute(
-                    update(JobWorkload)
-                    .where(JobWorkload.id == row_id)
-                    .values(static_latency=latency)
-                    .execution_options(synchronize_session=False)
+                row = _recorded_trial(
+                    session, w.workload.key, measurer.target_key, static_config, verified=True
                 )
+                if row is not None:
+                    session.execute(
+                        update(JobWorkload)
+                        .where(JobWorkload.id == w.row.id)
+                        .values(static_latency=row.latency)
+                        .execution_options(synchronize_session=False)
+                    )
 
     def run(self) -> JobState | None:
         """Run the job to its end; the state it ended in (None: left for another run)."""
         self.lease.start()
         try:
-            hw = self._wait_for_device()
-            if hw is None:
-                return None
-            job = self.hold.start(hw)
-            target = job.target_key or ""
-            workloads = self._workloads(hw)
-            with session_scope(self.factory) as session:
-                created = session.scalar(select(Job.created_at).where(Job.id == self.job_id))
-            measurer = DispatchMeasurer(
-                self.factory,
-                self.app,
-                self.job_id,
-                job.device_key,
-                target,
-                workloads=[w.workload for w in workloads],
-                redispatch_s=self.settings.trial_redispatch_s,
-                unclaimed_resend_s=self.settings.trial_unclaimed_resend_s,
-                gate=self.gate,
-                rank=(-job.priority, created.timestamp() if created else 0.0, job.id),
-                interrupted=self._interrupted,
-            )
-            log.info(
-                "job %d running on %s (%s): %s, %d workloads, %d trials each",
-                self.job_id,
-                job.device_key,
-                target,
-                job.strategy,
-                len(workloads),
-                job.trials_per_workload,
-            )
-            self._measure_static(workloads, measurer, hw, target)
-            if job.strategy != "static":
-                self._tune(job, workloads, measurer, hw)
-                self._remeasure_best(workloads, measurer, target)
-            return JobState.SUCCEEDED if self.hold.finish(JobState.SUCCEEDED) else None
-        except JobCancelled:
-            return JobState.CANCELLED if self.hold.finish(JobState.CANCELLED) else None
-        except JobInterrupted:
-            if not self.lease.lost:
-                self.hold.release()
-            return None
-        except Exception as err:
-            log.exception("job %d failed", self.job_id)
-            failed = self.hold.finish(JobState.FAILED, f"{type(err).__name__}: {err}")
-            return JobState.FAILED if failed else None
+            return self._end(self._outcome())
         finally:
             self.lease.stop()
+
+    def _outcome(self) -> Outcome:
+        """Run the phases; how the job should end (or be left)."""
+        try:
+            hw = self._wait_for_device()
+            if hw is None:
+                return Leave.ENDED
+            self._phases(hw)
+            return (JobState.SUCCEEDED, None)
+        except JobCancelled:
+            return (JobState.CANCELLED, None)
+        except JobInterrupted:
+            return Leave.LOST if self.lease.lost else Leave.RELEASE
+        except Exception as err:
+            if is_transient(err):  # not the job's fault: another run resumes it
+                log.warning(
+                    "job %d: %s: %s; releasing it to be resumed",
+                    self.job_id,
+                    type(err).__name__,
+                    err,
+                )
+                return Leave.RELEASE
+            log.exception("job %d failed", self.job_id)
+            return (JobState.FAILED, f"{type(err).__name__}: {err}")
+
+    def _end(self, outcome: Outcome) -> JobState | None:
+        """Record ``outcome`` (retried through transient errors); None unless the job ended
+        here. If the database stays away, the lease lapses and a scheduler resumes it."""
+        try:
+            if outcome is Leave.RELEASE:
+                self.hold.release()
+            elif not isinstance(outcome, Leave):
+                state, error = outcome
+                return state if self.hold.finish(state, error) else None
+        except Exception as err:
+            if not is_transient(err):
+                raise
+            log.warning(
+                "job %d: could not record its %s (%s); its lease will lapse",
+                self.job_id,
+                outcome,
+                err,
+            )
+        return None
+
+    def _phases(self, hw: HardwareParams) -> None:
+        job = self.hold.start(hw)
+        target = job.target_key or ""
+        workloads = self._workloads(hw)
+        with session_scope(self.factory) as session:
+            created = session.scalar(select(Job.created_at).where(Job.id == self.job_id))
+        measurer = DispatchMeasurer(
+            self.factory,
+            self.app,
+            self.job_id,
+            job.device_key,
+            target,
+            workloads=[w.workload for w in workloads],
+            redispatch_s=self.settings.trial_redispatch_s,
+            unclaimed_resend_s=self.settings.trial_unclaimed_resend_s,
+            gate=self.gate,
+            rank=(-job.priority, created.timestamp() if created else 0.0, job.id),
+            should_stop=self.should_stop,
+        )
+        log.info(
+            "job %d running on %s (%s): %s, %d workloads, %d trials each",
+            self.job_id,
+            job.device_key,
+            target,
+            job.strategy,
+            len(workloads),
+            job.trials_per_workload,
+        )
+        self._measure_static(workloads, measurer, hw, target)
+        if job.strategy != "static":
+            self._tune(job, workloads, measurer, hw)
+
+
+class Leave(Enum):
+    """A run that does not end its job: ``ENDED`` elsewhere (cancelled while queued),
+    ``LOST`` its lease to another scheduler, or to ``RELEASE`` for the next one."""
+
+    ENDED = "ended"
+    LOST = "lost"
+    RELEASE = "release"
+
+
+Outcome = Leave | tuple[JobState, str | None]
 
 
 def _recorded_trial(

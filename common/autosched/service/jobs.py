@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, case, func, select, update
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
 from autosched.db.models import (
@@ -25,7 +25,6 @@ from autosched.db.models import (
     Trial,
     Worker,
     WorkloadRow,
-    utcnow,
 )
 from autosched.errors import (
     ConflictError,
@@ -43,6 +42,7 @@ from autosched.schemas import (
     JobWorkloadView,
     summed_latency,
 )
+from autosched.service import job_state
 from autosched.service.farm import freshest_online
 from autosched.service.tokens import Caller
 from autosched.service.workloads import register_workload
@@ -172,38 +172,21 @@ def get_job(session: Session, job_id: int, *, redact: bool = True) -> JobDetail:
 def cancel_job(session: Session, job_id: int, *, caller: Caller) -> JobView:
     """A queued job is cancelled at once; a running one is flagged for its scheduler.
 
-    Only its owner or an admin may (PermissionDeniedError otherwise). Both are conditional
-    updates, so a scheduler claiming the job at the same moment either sees it cancelled or
-    finds ``cancel_requested`` set. Queued trials are cancelled right away so workers skip
-    them. The answer is the owner's view: unredacted.
+    Only its owner or an admin may (PermissionDeniedError otherwise). Both are moves of the
+    job state machine (``job_state.cancel``), each a conditional update, so a scheduler
+    claiming the job at the same moment either sees it cancelled or finds
+    ``cancel_requested`` set. Queued trials are cancelled right away so workers skip them.
+    The answer is the owner's view: unredacted.
     """
     job = job_row(session, job_id)
     if not caller.owns(job.owner_token_id):
         raise PermissionDeniedError(f"job {job_id} belongs to another token")
     if job.state in TERMINAL_JOB_STATES:
         raise ConflictError(f"job {job_id} is already {job.state}")
-    cancelled = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == JobState.QUEUED)
-        .values(state=JobState.CANCELLED, finished_at=utcnow(), updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if not cancelled:
-        flagged = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == JobState.RUNNING)
-            .values(cancel_requested=True, updated_at=utcnow())
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if not flagged:  # finished between our read and the update
-            session.refresh(job)
-            raise ConflictError(f"job {job_id} is already {job.state}")
-    session.execute(
-        update(Trial)
-        .where(Trial.job_id == job_id, Trial.state == TrialState.QUEUED)
-        .values(state=TrialState.CANCELLED)
-        .execution_options(synchronize_session=False)
-    )
+    if not job_state.cancel(session, job_id):  # it ended between our read and the update
+        session.refresh(job)
+        raise ConflictError(f"job {job_id} is already {job.state}")
+    job_state.cancel_queued_trials(session, job_id)
     session.flush()
     session.refresh(job)
     return _views(session, [job], redact=False)[0]

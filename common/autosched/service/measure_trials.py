@@ -3,9 +3,14 @@
 Every write is conditional, which is what makes a redelivered or duplicated task harmless:
 a trial is claimed only while ``queued`` (done, cancelled or claimed trials are skipped) and
 its result is stored only while it is still ``running`` by this worker (a worker that was
-reaped offline meanwhile has lost it to the queue). The best config of a workload on a
-target is replaced only by a faster one, in a single ``INSERT ... ON CONFLICT DO UPDATE
-... WHERE`` so two workers finishing at once cannot overwrite a faster result.
+reaped offline meanwhile has lost it to the queue). A failure that is the environment's
+fault (``MeasureResult.final`` is false: a timeout under load, a full disk, a reference
+that could not be computed) is not a result: the trial goes back to the queue with the
+reason, up to ``max_trial_attempts``, and counts toward this worker's streak of
+failures that blame the machine, which quarantines it at ``worker_quarantine_after``. The best
+config of a workload on a target is replaced only by a faster one, in a single ``INSERT ...
+ON CONFLICT DO UPDATE ... WHERE`` so two workers finishing at once cannot overwrite a faster
+result.
 """
 
 from __future__ import annotations
@@ -13,20 +18,23 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from autosched.db.models import BestConfig, Job, Trial, Worker, WorkloadRow, utcnow
+from autosched.db.models import BestConfig, Job, Trial, Worker, WorkloadRow, db_now, utcnow
 from autosched.db.session import session_scope
 from autosched.db.upsert import insert_for
 from autosched.hardware import HardwareParams
 from autosched.logs import log_context
 from autosched.service.dispatch import status_counts
 from autosched.service.sql_database import result_values
+from autosched.settings import Settings, get_settings
 from autosched.tune.measure import Measurer
 from autosched.tune.trial import MeasureInput, MeasureResult, TrialStatus
 from autosched.vocabulary import TrialState
@@ -72,18 +80,38 @@ def record_result(session: Session, trial_id: int, worker_id: str, result: Measu
     return stored.rowcount == 1
 
 
+@dataclass(frozen=True)
+class FailurePolicy:
+    """How environment failures are handled (``Settings.max_trial_attempts``,
+    ``worker_quarantine_after``); ``on_quarantine`` lets the worker process stop consuming
+    its queue once it is quarantined."""
+
+    max_attempts: int = 3
+    quarantine_after: int = 5
+    on_quarantine: Callable[[], None] | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, on_quarantine: Callable[[], None] | None = None
+    ) -> FailurePolicy:
+        return cls(settings.max_trial_attempts, settings.worker_quarantine_after, on_quarantine)
+
+
 def measure_trials(
     factory: sessionmaker[Session],
     trial_ids: Sequence[int],
     worker_id: str,
     measurer: Measurer,
+    policy: FailurePolicy | None = None,
 ) -> int:
     """Claim, measure and record ``trial_ids`` on this worker; returns how many results were
-    stored (0 for a batch that was already measured). Lines logged meanwhile carry the
-    batch's ``trial_ids`` and, for a batch of one job (what the scheduler sends), its
-    ``job_id``."""
+    stored (0 for a batch that was already measured). A result that is the environment's
+    fault is not stored but handed back to the queue, up to ``policy.max_attempts``. Lines
+    logged meanwhile carry the batch's ``trial_ids`` and, for a batch of one job (what the
+    scheduler sends), its ``job_id``."""
+    policy = policy or FailurePolicy.from_settings(get_settings())
     with batch_log_context(factory, trial_ids):
-        return _measure_trials(factory, trial_ids, worker_id, measurer)
+        return _measure_trials(factory, trial_ids, worker_id, measurer, policy)
 
 
 @contextmanager
@@ -123,6 +151,7 @@ def _measure_trials(
     trial_ids: Sequence[int],
     worker_id: str,
     measurer: Measurer,
+    policy: FailurePolicy,
 ) -> int:
     with session_scope(factory) as session:
         registered = worker_hardware(session, worker_id)
@@ -130,20 +159,47 @@ def _measure_trials(
             # Nothing claimed: the trials stay queued for a registered worker.
             log.error("worker %s is not registered; skipping trials %s", worker_id, trial_ids)
             return 0
-        hardware, device_key = registered
-        claimed = claim_trials(session, trial_ids, worker_id)
+        quarantine = session.scalar(select(Worker.quarantine_reason).where(Worker.id == worker_id))
+        if quarantine is not None:
+            refuse_batch(session, trial_ids)
+        else:
+            hardware, device_key = registered
+            claimed = claim_trials(session, trial_ids, worker_id)
+    if quarantine is not None:
+        log.warning(
+            "worker %s is quarantined (%s); trials %s refused", worker_id, quarantine, trial_ids
+        )
+        if policy.on_quarantine is not None:
+            policy.on_quarantine()
+        return 0
     if not claimed:
         log.info("trials %s already claimed or finished; nothing to measure", list(trial_ids))
         return 0
 
     try:
-        return _measure_claimed(factory, claimed, worker_id, measurer, hardware, device_key)
+        stored, quarantine = _measure_claimed(
+            factory, claimed, worker_id, measurer, hardware, device_key, policy
+        )
     except BaseException:
         # Unexpected (the database went away, the worker is shutting down): hand what is
         # still ours back to the queue rather than leave it claimed by a live worker.
         with session_scope(factory) as session:
             release_claims(session, claimed, worker_id)
         raise
+    if quarantine is not None and policy.on_quarantine is not None:
+        policy.on_quarantine()
+    return stored
+
+
+def refuse_batch(session: Session, trial_ids: Sequence[int]) -> None:
+    """A quarantined worker's answer to a batch: its still-queued trials are marked unsent,
+    so the scheduler sends them again at once (to the workers still consuming)."""
+    session.execute(
+        update(Trial)
+        .where(Trial.id.in_(list(trial_ids)), Trial.state == TrialState.QUEUED)
+        .values(dispatched_at=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def release_claims(session: Session, trial_ids: Sequence[int], worker_id: str) -> int:
@@ -161,6 +217,102 @@ def release_claims(session: Session, trial_ids: Sequence[int], worker_id: str) -
     return released.rowcount or 0
 
 
+def hand_back(
+    session: Session, trial_id: int, worker_id: str, result: MeasureResult, max_attempts: int
+) -> bool:
+    """Put a trial whose measurement failed for environment reasons back in the queue,
+    counting the attempt and keeping the reason, while it has attempts left and is still
+    this worker's; whether it went back."""
+    back = session.execute(
+        update(Trial)
+        .where(
+            Trial.id == trial_id,
+            Trial.state == TrialState.RUNNING,
+            Trial.worker_id == worker_id,
+            Trial.attempts + 1 < max_attempts,
+        )
+        .values(
+            state=TrialState.QUEUED,
+            worker_id=None,
+            dispatched_at=None,
+            attempts=Trial.attempts + 1,
+            last_error=_reason(result, worker_id),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return back.rowcount == 1
+
+
+def _reason(result: MeasureResult, worker_id: str) -> str:
+    return f"{result.status} on worker {worker_id}: {result.error or 'no message'}"
+
+
+def settle(
+    session: Session, trial_id: int, worker_id: str, result: MeasureResult, max_attempts: int
+) -> TrialOutcome:
+    """Record ``result`` (final: a success or the kernel's fault), or hand the trial back
+    for another attempt (the environment's fault), or — its attempts spent — record the
+    environment failure with how many attempts it had."""
+    if result.final:
+        return (
+            TrialOutcome.RECORDED
+            if record_result(session, trial_id, worker_id, result)
+            else (TrialOutcome.LOST)
+        )
+    if hand_back(session, trial_id, worker_id, result, max_attempts):
+        return TrialOutcome.HANDED_BACK
+    spent = replace(
+        result, error=f"failed {max_attempts} times for environment reasons; last: {result.error}"
+    )
+    stored = session.execute(
+        update(Trial)
+        .where(
+            Trial.id == trial_id, Trial.state == TrialState.RUNNING, Trial.worker_id == worker_id
+        )
+        .values(
+            **result_values(spent),
+            attempts=Trial.attempts + 1,
+            last_error=_reason(result, worker_id),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return TrialOutcome.RECORDED if stored.rowcount == 1 else TrialOutcome.LOST
+
+
+class TrialOutcome(StrEnum):
+    RECORDED = "recorded"  # done: its result stored
+    HANDED_BACK = "handed_back"  # back in the queue for another attempt
+    LOST = "lost"  # no longer this worker's (reaped meanwhile): nothing stored
+
+
+def update_streak(
+    session: Session, worker_id: str, results: Sequence[MeasureResult], quarantine_after: int
+) -> str | None:
+    """Count this batch's trailing failures that blame the machine (a full disk, no memory,
+    a broken measurer) into the worker's streak (any other outcome resets it) and quarantine
+    the worker at ``quarantine_after``; the reason when it is (newly or already)
+    quarantined."""
+    trailing = 0
+    for result in reversed(results):
+        if not result.blames_worker:
+            break
+        trailing += 1
+    worker = session.get(Worker, worker_id, with_for_update=True)
+    if worker is None:
+        return None
+    worker.env_failure_streak = (
+        worker.env_failure_streak + trailing if trailing == len(results) else trailing
+    )
+    if worker.quarantine_reason is None and worker.env_failure_streak >= quarantine_after:
+        worker.quarantine_reason = (
+            f"{worker.env_failure_streak} trials in a row failed for environment reasons; "
+            f"last: {results[-1].status}: {results[-1].error}"
+        )
+        worker.quarantined_at = db_now()
+        log.error("worker %s quarantined: %s", worker_id, worker.quarantine_reason)
+    return worker.quarantine_reason
+
+
 def _measure_claimed(
     factory: sessionmaker[Session],
     claimed: list[int],
@@ -168,7 +320,8 @@ def _measure_claimed(
     measurer: Measurer,
     hardware: dict,
     device_key: str,
-) -> int:
+    policy: FailurePolicy,
+) -> tuple[int, str | None]:
     with session_scope(factory) as session:
         trials = list(session.scalars(select(Trial).where(Trial.id.in_(claimed))))
         trials.sort(key=lambda t: claimed.index(t.id))
@@ -178,23 +331,28 @@ def _measure_claimed(
         results = measurer.measure(inputs)
         if len(results) != len(inputs):
             raise RuntimeError(f"{len(results)} results for {len(inputs)} inputs")
-    except Exception as err:  # a measurer reports failures as results; this is a bug
+    except Exception as err:  # a measurer reports failures as results: this worker broke
         log.exception("measurer failed on trials %s", claimed)
         message = f"measurement failed on worker {worker_id}: {type(err).__name__}: {err}"
-        results = [MeasureResult(TrialStatus.RUN_ERROR, math.inf, message) for _ in trials]
+        results = [MeasureResult(TrialStatus.ENV_ERROR, math.inf, message) for _ in trials]
 
     stored: list[tuple[Trial, MeasureResult]] = []
+    handed_back = 0
     with session_scope(factory) as session:
         for trial, result in zip(trials, results, strict=True):
-            if record_result(session, trial.id, worker_id, result):
+            outcome = settle(session, trial.id, worker_id, result, policy.max_attempts)
+            if outcome == TrialOutcome.RECORDED:
                 stored.append((trial, result))
+            handed_back += outcome == TrialOutcome.HANDED_BACK
+        quarantine = update_streak(session, worker_id, results, policy.quarantine_after)
     log.info(
-        "measured %d trials in %.1f s: %s; recorded %d of %d claimed",
+        "measured %d trials in %.1f s: %s; recorded %d of %d claimed, %d handed back",
         len(results),
         time.monotonic() - start,
         status_counts(results),
         len(stored),
         len(claimed),
+        handed_back,
     )
 
     verified = [
@@ -203,7 +361,7 @@ def _measure_claimed(
         if result.status == TrialStatus.OK and math.isfinite(result.latency)
     ]
     offer_fastest(factory, verified, hardware, worker_id, device_key)
-    return len(stored)
+    return len(stored), quarantine
 
 
 def offer_fastest(

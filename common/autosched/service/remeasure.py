@@ -1,4 +1,11 @@
-"""Worker side of a job's final re-measurement: time its best few finished trials again.
+"""A job's final re-measurement: time its best few finished trials again.
+
+The choice of what to re-measure and the folding of the timings are the tuning engine's
+(``TuningTask.remeasure_best``, the same path as ``tune()``). The service supplies the
+measurer: ``RecordedRemeasurer`` (scheduler side) turns the task's repeated inputs into one
+``autosched.remeasure_trials`` request for the recorded trials, and the worker side
+(``remeasure_trials``) records the new timings on those trials, which the task's database
+(``SQLDatabase``) then reads.
 
 One timing per config lets a burst of machine noise pick the winner: a strong config timed
 during a slow second loses to a weaker one. Noise only ever slows a kernel down, so a trial
@@ -23,17 +30,73 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from autosched.db.models import Trial, db_now
 from autosched.db.session import session_scope
+from autosched.service.dispatch import DispatchMeasurer
 from autosched.service.measure_trials import (
     batch_log_context,
     measure_inputs,
     offer_fastest,
     worker_hardware,
 )
+from autosched.service.sql_database import trial_result
+from autosched.space import Config
 from autosched.tune.measure import Measurer
-from autosched.tune.trial import TrialStatus
+from autosched.tune.trial import MeasureInput, MeasureResult, TrialStatus, config_digest
 from autosched.vocabulary import TrialState
 
 log = logging.getLogger(__name__)
+
+
+# ---- scheduler side -------------------------------------------------------------------
+class RecordedRemeasurer(Measurer):
+    """The measurer a job hands to ``TuningTask.remeasure_best``: its inputs are configs
+    already recorded (each repeated once per round); they are timed again on a worker of the
+    job's device as one request, recorded on their trials, and answered with each trial's
+    result after it (its lowest timing). Where no worker re-measured in time, or the job is
+    stopping, the recorded results stand."""
+
+    def __init__(self, dispatch: DispatchMeasurer) -> None:
+        self.dispatch = dispatch
+
+    def _key(self, inp: MeasureInput) -> tuple[str, str]:
+        # the dispatcher knows the job's workloads: no rebuild of a PrimFunc per input
+        workload_key = self.dispatch._workload_key(inp.workload)
+        return workload_key, config_digest(Config.from_json(inp.config))
+
+    def _trial_ids(self, inputs: Sequence[MeasureInput]) -> dict[tuple[str, str], int]:
+        """(workload key, config digest) -> the first verified trial of it on the target,
+        from any job (the record ``SQLDatabase`` shows for that config)."""
+        keys = {self._key(i) for i in inputs}
+        ids: dict[tuple[str, str], int] = {}
+        with session_scope(self.dispatch.factory) as session:
+            for key, digest in sorted(keys):
+                trial_id = session.scalar(
+                    select(Trial.id)
+                    .where(
+                        Trial.workload_key == key,
+                        Trial.target_key == self.dispatch.target_key,
+                        Trial.config_digest == digest,
+                        Trial.state == TrialState.DONE,
+                        Trial.status == TrialStatus.OK,
+                        Trial.latency.is_not(None),
+                    )
+                    .order_by(Trial.id)
+                    .limit(1)
+                )
+                if trial_id is not None:
+                    ids[(key, digest)] = trial_id
+        return ids
+
+    def measure(self, inputs: list[MeasureInput]) -> list[MeasureResult]:
+        keys = [self._key(i) for i in inputs]
+        ids = self._trial_ids(inputs)
+        unique = sorted(set(ids.values()))
+        rounds = max(1, len(inputs) // max(1, len(set(keys))))
+        if unique:
+            self.dispatch.remeasure(unique, rounds)
+        with session_scope(self.dispatch.factory) as session:
+            rows = {t.id: t for t in session.scalars(select(Trial).where(Trial.id.in_(unique)))}
+        unknown = MeasureResult(TrialStatus.RUN_ERROR, math.inf, "no verified trial recorded")
+        return [trial_result(rows[ids[k]]) if k in ids else unknown for k in keys]
 
 
 def remeasure_trials(

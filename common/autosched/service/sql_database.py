@@ -6,7 +6,9 @@ engine never imports the service's database).
 A trial row is written by the scheduler before dispatch and filled once by the worker that
 measured it, so ``commit`` has nothing left to do for those. ``records`` returns the done
 trials of a workload on a target across all jobs: a new job on a workload tuned before
-warm-starts its cost model on them and never measures a known config again.
+warm-starts its cost model on them and never measures a known config again — unless its
+earlier failure was the environment's (``MeasureResult.final``), which only the job that
+recorded it keeps.
 """
 
 from __future__ import annotations
@@ -39,6 +41,13 @@ def trial_result(trial: Trial) -> MeasureResult:
         float(trial.run_secs or 0.0),
         tuple(trial.latencies or ()),
     )
+
+
+def is_final(row: Trial) -> bool:
+    """Whether a done trial's result stands for its config everywhere: a success or the
+    kernel's fault. An environment failure (timeouts, full disk, a poison trial) holds
+    only for the job that recorded it."""
+    return trial_result(row).final
 
 
 def result_values(result: MeasureResult) -> dict[str, Any]:
@@ -82,11 +91,17 @@ class SQLDatabase(Database):
         seen: set[str] = set()
         out = []
         for row in rows:
-            if row.config_digest in seen:
+            if row.config_digest in seen or not self._counts(row):
                 continue
             seen.add(row.config_digest)
             out.append(_record(row))
         return out
+
+    def _counts(self, row: Trial) -> bool:
+        """Whether a done trial is a record here: a success or the kernel's fault from any
+        job, an environment failure (spent retries, a poison trial) only from this job, so
+        a later job may propose that config again."""
+        return row.job_id == self.job_id or is_final(row)
 
     def best(self, workload_key: str, target: str) -> TrialRecord | None:
         """The fastest verified trial, in one query (the task scheduler asks often)."""

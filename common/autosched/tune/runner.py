@@ -39,7 +39,7 @@ from typing import Any
 
 from autosched.settings import Settings, get_settings
 from autosched.tune.sandbox.policy import SandboxLimits
-from autosched.tune.trial import RunResult, TrialStatus
+from autosched.tune.trial import REFERENCE_FAILED, RunResult, TrialStatus
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ class Runner(ABC):
         self.close()
 
 
+#: How long a failed reference computation is answered from memory before it is tried again.
+REFERENCE_RETRY_S = 30.0
 #: What the runner's sandbox child serves (``reference``, ``run``, ``limits``).
 RUN_HANDLER = "autosched.tune.runner_handlers:handle"
 #: The devices a runner measures on: the host CPU, or CUDA device N of this worker.
@@ -132,6 +134,9 @@ class LocalRunner(Runner):
         # canonical workload JSON -> (key, reference paths) or the reference's error
         self._refs: dict[str, tuple[str, list[str]] | str] = {}
         self.reference_computations = 0  # sandbox calls that computed a reference
+        # canonical workload JSON -> (monotonic time to try again, error): a failed
+        # reference is not cached for the worker's lifetime (its cause may pass)
+        self._ref_failures: dict[str, tuple[float, str]] = {}
         # Set once a run found no such device here: it will not appear, so later runs fail
         # at once instead of starting a sandbox each.
         self._device_missing: str | None = None
@@ -185,6 +190,9 @@ class LocalRunner(Runner):
         cached = self._refs.get(canon)
         if cached is not None:
             return cached
+        failed = self._ref_failures.get(canon)
+        if failed is not None and time.monotonic() < failed[0]:
+            return failed[1]
         try:
             key, n_out = self._workload_key(workload)
         except Exception as e:
@@ -206,12 +214,17 @@ class LocalRunner(Runner):
                 reply = self._call(request, self.reference_timeout_s)
             except Exception as e:
                 reply = {"ok": False, "error": str(e)}
-            if reply.get("ok"):
-                result = (key, paths)
-            else:
-                result = f"reference failed: {reply.get('error')}"
+            if not reply.get("ok"):
+                # The environment's fault (a full disk, a timeout under load): remembered
+                # only for a while, so this batch does not recompute it for every trial
+                # and a later one tries again once the cause may have passed.
                 self._remove_partial(paths)
+                error = f"{REFERENCE_FAILED}: {reply.get('error')}"
+                self._ref_failures[canon] = (time.monotonic() + REFERENCE_RETRY_S, error)
+                return error
+            result = (key, paths)
         self._refs[canon] = result
+        self._ref_failures.pop(canon, None)
         return result
 
     @staticmethod
@@ -230,7 +243,10 @@ class LocalRunner(Runner):
             return RunResult(TrialStatus.RUN_ERROR, (), self._device_missing)
         ref = self._reference(inp.workload)
         if isinstance(ref, str):
-            return RunResult(TrialStatus.RUN_ERROR, (), ref)
+            # An invalid workload is the request's fault; a reference that could not be
+            # computed is the machine's (ENV_ERROR: the trial is measured again later).
+            failed = TrialStatus.ENV_ERROR if ref.startswith(REFERENCE_FAILED) else None
+            return RunResult(failed or TrialStatus.RUN_ERROR, (), ref)
         _, paths = ref
         request = {
             "op": "run",

@@ -26,6 +26,51 @@ class TrialStatus(StrEnum):
     RUN_ERROR = "run_error"
     RUN_TIMEOUT = "run_timeout"
     WRONG_ANSWER = "wrong_answer"
+    # The machine failed, not the kernel: the reference output could not be computed, the
+    # measurer broke, the worker died holding the trial (``poison`` once it did so repeatedly).
+    ENV_ERROR = "env_error"
+
+
+class Fault(StrEnum):
+    """Whose fault a trial's failure is: it decides whether the trial is measured again."""
+
+    NONE = "none"  # it succeeded
+    KERNEL = "kernel"  # deterministic: this config fails everywhere; never retried
+    ENVIRONMENT = "environment"  # this machine, now: retried on a worker, up to a cap
+
+
+#: Timeouts are the environment's: under load a build or a run that fits its budget on an
+#: idle machine does not (a config that hangs everywhere fails after the retry cap).
+_ENVIRONMENT_STATUSES = frozenset(
+    {TrialStatus.BUILD_TIMEOUT, TrialStatus.RUN_TIMEOUT, TrialStatus.ENV_ERROR}
+)
+#: Operating-system errors that describe the machine, not the kernel, whatever stage
+#: reported them as its error (strerror of ENOSPC, EDQUOT, ENOMEM).
+ENVIRONMENT_MARKERS = ("No space left on device", "Disk quota exceeded", "Cannot allocate memory")
+
+
+#: How a runner's error starts when the reference output could not be computed.
+REFERENCE_FAILED = "reference failed"
+
+
+def classify(status: TrialStatus, error: str | None = None) -> Fault:
+    """The fault of a trial that ended with ``status`` and ``error``."""
+    if status == TrialStatus.OK:
+        return Fault.NONE
+    if status in _ENVIRONMENT_STATUSES:
+        return Fault.ENVIRONMENT
+    if error and any(marker in error for marker in ENVIRONMENT_MARKERS):
+        return Fault.ENVIRONMENT
+    return Fault.KERNEL
+
+
+def blames_worker(status: TrialStatus, error: str | None = None) -> bool:
+    """Whether a failure says the worker's machine is broken (a full disk, no memory, its
+    measurer crashed), as opposed to a timeout or a reference failure, which a slow or an
+    unusual workload causes on every machine: only these count toward quarantining it."""
+    if error and any(marker in error for marker in ENVIRONMENT_MARKERS):
+        return True
+    return status == TrialStatus.ENV_ERROR and not (error or "").startswith(REFERENCE_FAILED)
 
 
 @dataclass(frozen=True)
@@ -47,7 +92,7 @@ class BuildResult:
 
 @dataclass(frozen=True)
 class RunResult:
-    status: TrialStatus  # OK, RUN_ERROR, RUN_TIMEOUT or WRONG_ANSWER
+    status: TrialStatus  # OK, RUN_ERROR, RUN_TIMEOUT, WRONG_ANSWER or ENV_ERROR
     latencies: tuple[float, ...] = ()  # seconds per call, one per repeat
     error: str | None = None
     run_secs: float = 0.0
@@ -71,6 +116,20 @@ class MeasureResult:
     build_secs: float = 0.0
     run_secs: float = 0.0
     latencies: tuple[float, ...] = field(default=())
+
+    @property
+    def fault(self) -> Fault:
+        return classify(self.status, self.error)
+
+    @property
+    def blames_worker(self) -> bool:
+        return blames_worker(self.status, self.error)
+
+    @property
+    def final(self) -> bool:
+        """Whether this result is the trial's answer: a success or the kernel's fault. An
+        environment failure is measured again (elsewhere) before it is recorded."""
+        return self.fault != Fault.ENVIRONMENT
 
     @classmethod
     def from_stages(cls, build: BuildResult, run: RunResult | None) -> MeasureResult:

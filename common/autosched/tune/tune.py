@@ -72,6 +72,7 @@ class TuningTask:
         space: SpaceGenerator | None = None,
         seed: int = 0,
         work_dir: str | None = None,
+        should_stop: Callable[[], object] | None = None,
     ) -> None:
         from autosched.analysis import flops
         from autosched.tune.cost_model import XGBModel
@@ -107,6 +108,10 @@ class TuningTask:
         self.errors: dict[str, int] = {}
         self.flops = flops(workload.prim_func)
         self.exhausted = False
+        #: asked before and after each batch: when true (cancel, a lease lost), the batch's
+        #: results are discarded (the measurer may have stopped waiting for some) and the
+        #: step measures nothing; the caller decides what stopping means
+        self.should_stop = should_stop or (lambda: False)
         self._docs = (workload.to_json(), hw.to_json())
 
     @property
@@ -130,13 +135,18 @@ class TuningTask:
         return best.result.latency if best else math.inf
 
     def step(self, n: int) -> int:
-        """Measure up to ``n`` new configs; returns how many were measured."""
+        """Measure up to ``n`` new configs; returns how many were measured (0 also when
+        ``should_stop`` said so)."""
+        if self.should_stop():
+            return 0
         configs = self.search.generate(n)
         if not configs:
             self.exhausted = True
             return 0
         inputs = [MeasureInput(self._docs[0], c.to_json(), self._docs[1]) for c in configs]
         results = self.measurer.measure(inputs)
+        if self.should_stop():
+            return 0
         for config, result in zip(configs, results, strict=True):
             record = TrialRecord(self.workload.key, self.target, config, result)
             self.database.commit(record)
@@ -148,13 +158,18 @@ class TuningTask:
         self.trials_done += len(configs)
         return len(configs)
 
-    def remeasure_best(self, top_k: int = 4, rounds: int = 2) -> None:
+    def remeasure_best(
+        self, top_k: int = 4, rounds: int = 2, *, measurer: Measurer | None = None
+    ) -> None:
         """Measure the fastest few verified configs and the initial (static) ones again, in
         interleaved rounds, before naming the best.
 
         One measurement per config lets a burst of machine noise decide the winner: a strong
         config timed during a slow second loses to a weaker one. Noise only ever slows a
         kernel down, so each candidate keeps the minimum of all its measurements.
+
+        ``measurer`` (default: the task's) is the service's way in: its measurer re-times
+        recorded trials on a worker and records the timings in the database it shares.
         """
         ok = [r for r in self.database.records(self.workload.key, self.target) if r.ok]
         ranked = sorted(ok, key=lambda r: r.result.latency)[:top_k]
@@ -166,7 +181,7 @@ class TuningTask:
         inputs = [
             MeasureInput(self._docs[0], r.config.to_json(), self._docs[1]) for r in ranked
         ] * rounds
-        results = self.measurer.measure(inputs)
+        results = (measurer or self.measurer).measure(inputs)
         for i, result in enumerate(results):
             record = ranked[i % len(ranked)]
             if result.status == TrialStatus.OK:

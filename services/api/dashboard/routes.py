@@ -257,7 +257,9 @@ def farm_page(
     devices: dict[str, list[dashboard.FarmWorkerView]] = defaultdict(list)
     if access.allowed:
         # As GET /v1/workers does: a silent worker is never shown online.
-        farm.reap_silent_workers(session, state.settings.heartbeat_timeout_s)
+        farm.reap_silent_workers(
+            session, state.settings.heartbeat_timeout_s, state.settings.max_trial_attempts
+        )
         for worker in dashboard.farm_workers(session, redact=access.redact):
             devices[worker.device_key].append(worker)
     context = {"devices": dict(sorted(devices.items())), "window_s": dashboard.THROUGHPUT_WINDOW_S}

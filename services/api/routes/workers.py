@@ -44,5 +44,5 @@ def heartbeat(worker_id: WorkerIdPath, session: SessionDep, caller: WorkerCaller
 @router.get("", response_model=list[WorkerView])
 def list_workers(session: SessionDep, settings: SettingsDep, reader: Reader) -> list[WorkerView]:
     """Silent workers are reaped first, so the list never shows a dead worker online."""
-    farm.reap_silent_workers(session, settings.heartbeat_timeout_s)
+    farm.reap_silent_workers(session, settings.heartbeat_timeout_s, settings.max_trial_attempts)
     return farm.list_workers(session, redact=redact_for(reader))
