@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import tvm
 
-from autosched.hardware import cpu_model
+from autosched.host_description import cpu_model
 from bench.report import make_console
 
 console = make_console(160)

@@ -27,6 +27,10 @@ The targets (stated at 64 trials per kernel) are printed as met or missed: geome
 conv2d kernels), softmax and layer norm ≥ 0.8× PyTorch, autosched's total tuning wall time
 ≤ 0.5× MetaSchedule's.
 
+This module measures and prints; the rows, targets and tables are in ``bench/gpu_report.py``,
+the dry run in ``bench/gpu_plan.py``, the kernels in ``bench/gpu_kernels.py`` and how a
+kernel is run and timed on the device in ``bench/gpu_measure.py``.
+
 Exit status: 0 when every winner and baseline that ran matched the reference, 1 when one
 did not (or a dry-run build failed), 2 for a bad command line or a missing GPU or torch.
 """
@@ -48,13 +52,25 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tvm
-from rich.text import Text
 
-from autosched.hardware import HardwareParams, cpu_target, cuda_devices, detect_gpu_hardware
+from autosched.gpu_hardware import detect_gpu_hardware
+from autosched.hardware import HardwareParams, cpu_target
+from autosched.host_description import cuda_devices
 from bench import env as benv
 from bench import harness, report
 from bench.gpu_kernels import DEFAULT_KERNELS, KERNELS, GpuKernel, unknown
-from bench.tune_both import Plan, Row, _build_and_check, _err
+from bench.gpu_plan import dry_run
+from bench.gpu_report import (
+    LEGEND,
+    RESULT_COLUMNS,
+    GpuRow,
+    error_lines,
+    print_table,
+    result_cells,
+    targets,
+    write_markdown,
+)
+from bench.tune_both import Plan, build_and_check, describe_error, time_oneoff_imports
 
 console = report.make_console(200)
 
@@ -68,223 +84,6 @@ NO_TORCH = (
     "PyTorch is not installed: bench/gpu.py times every contender with torch's CUDA events "
     "(--no-torch only drops the PyTorch baselines). Install torch with CUDA, or --dry-run."
 )
-
-Cells = list[str]
-Columns = list[tuple[str, report.Justify]]
-
-
-# --------------------------------------------------------------------------------------
-# Results and targets
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class GpuRow(Row):
-    """``tune_both.Row`` (the tuners fill it) plus the PyTorch check; on a GPU the baseline
-    is always PyTorch (cuBLAS, cuDNN or its own kernels)."""
-
-    family: str = ""
-    description: str = ""
-    torch_check: str = "-"
-    torch_error: str = ""
-
-    # autosched tuning wall time / MetaSchedule's: < 1 means autosched tuned faster.
-    tune_over_ms = report.FieldRatio("as_tune_s", "ms_tune_s")
-
-    @property
-    def baseline_s(self) -> float | None:
-        return self.torch_s
-
-
-@dataclass(frozen=True)
-class Target:
-    label: str
-    bound: float
-    at_least: bool  # met when value >= bound (a speed), else when value <= bound (a time)
-    value: float | None
-    kernels: int  # how many kernels the value is over
-
-    @property
-    def verdict(self) -> str:
-        if self.value is None:
-            return "n/a"
-        met = self.value >= self.bound if self.at_least else self.value <= self.bound
-        return "met" if met else "missed"
-
-    def line(self) -> str:
-        """One line with rich markup: the verdict coloured."""
-        op = "≥" if self.at_least else "≤"
-        colour = {"met": "green", "missed": "red"}.get(self.verdict, "yellow")
-        return (
-            f"{self.label}: {report.ratio(self.value)} over {self.kernels} kernel(s) "
-            f"(target {op} {self.bound}) [{colour}]{self.verdict}[/]"
-        )
-
-
-def _family(rows: Sequence[GpuRow], family: str) -> tuple[float | None, int]:
-    vals = [r.base_over_as for r in rows if r.family == family and r.base_over_as]
-    return report.geomean(vals), len(vals)
-
-
-@dataclass(frozen=True)
-class TuneTotals:
-    """Tuning wall times summed over the kernels both tuners tuned (a tuner that found
-    nothing still spent its time)."""
-
-    autosched_s: float | None
-    metaschedule_s: float | None
-    kernels: int
-
-    @classmethod
-    def of(cls, rows: Sequence[GpuRow]) -> TuneTotals:
-        both = [r for r in rows if r.as_tune_s and r.ms_tune_s]
-        if not both:
-            return cls(None, None, 0)
-        return cls(
-            sum(r.as_tune_s or 0.0 for r in both), sum(r.ms_tune_s or 0.0 for r in both), len(both)
-        )
-
-    @property
-    def ratio(self) -> float | None:
-        return report.over(self.autosched_s, self.metaschedule_s)
-
-
-def targets(rows: Sequence[GpuRow]) -> list[Target]:
-    """The issue's targets over the rows that have the numbers (n/a when none has)."""
-    vs_ms = [r.ms_over_as for r in rows if r.ms_over_as]
-    big = [r.base_over_as for r in rows if r.kernel == "matmul_4096" and r.base_over_as]
-    tune = TuneTotals.of(rows)
-    return [
-        Target("speed vs MetaSchedule (geomean)", 1.0, True, report.geomean(vs_ms), len(vs_ms)),
-        Target("fp32 matmul 4096³ vs cuBLAS", 0.7, True, big[0] if big else None, len(big)),
-        Target("conv2d vs cuDNN (geomean)", 0.8, True, *_family(rows, "conv2d")),
-        Target("softmax vs PyTorch (geomean)", 0.8, True, *_family(rows, "softmax")),
-        Target("layer norm vs PyTorch (geomean)", 0.8, True, *_family(rows, "layer_norm")),
-        Target(
-            "tuning wall time vs MetaSchedule (totals)",
-            0.5,
-            False,
-            tune.ratio,
-            tune.kernels,
-        ),
-    ]
-
-
-# --------------------------------------------------------------------------------------
-# Tables: printed with rich, written as markdown from the same cells
-# --------------------------------------------------------------------------------------
-
-
-def plain(cell: str) -> str:
-    """A cell without its rich markup, for markdown."""
-    return Text.from_markup(cell).plain
-
-
-def print_table(title: str, columns: Columns, rows: Sequence[Cells]) -> None:
-    t = report.table(title, columns)
-    for cells in rows:
-        t.add_row(*cells)
-    console.print(t)
-
-
-def markdown_table(title: str, columns: Columns, rows: Sequence[Cells]) -> str:
-    align = {"left": ":---", "right": "---:"}
-    lines = [
-        f"**{title}**",
-        "",
-        "| " + " | ".join(name for name, _ in columns) + " |",
-        "| " + " | ".join(align[j] for _, j in columns) + " |",
-    ]
-    lines += [
-        "| " + " | ".join(plain(c).replace("|", "\\|") for c in cells) + " |" for cells in rows
-    ]
-    return "\n".join(lines)
-
-
-def _speed(v: float | None) -> str:
-    """A speed ratio (> 1: autosched faster), green when autosched is at least as fast."""
-    s = report.ratio(v)
-    return s if v is None else f"[green]{s}[/]" if v >= 1 else f"[red]{s}[/]"
-
-
-RESULT_COLUMNS: Columns = [
-    ("kernel", "left"),
-    ("GFLOP", "right"),
-    ("autosched ms", "right"),
-    ("MS ms", "right"),
-    ("PyTorch ms", "right"),
-    ("speed vs MS", "right"),
-    ("speed vs PyTorch", "right"),
-    ("GFLOP/s as", "right"),
-    ("as tune s", "right"),
-    ("MS tune s", "right"),
-    ("tune as/MS", "right"),
-    ("check as/MS/PT", "left"),
-]
-
-
-def result_cells(rows: Sequence[GpuRow]) -> list[Cells]:
-    out = []
-    for r in rows:
-        out.append(
-            [
-                r.kernel,
-                f"{r.gflop:.3f}",
-                report.ms(r.as_s),
-                report.ms(r.ms_s),
-                report.ms(r.torch_s),
-                _speed(r.ms_over_as),
-                _speed(r.base_over_as),
-                report.rate(report.over(r.gflop, r.as_s)),
-                report.sec(r.as_tune_s),
-                report.sec(r.ms_tune_s),
-                report.ratio(r.tune_over_ms),
-                "/".join(report.check_cell(c) for c in (r.as_check, r.ms_check, r.torch_check)),
-            ]
-        )
-    tune = TuneTotals.of(rows)
-    out.append(
-        [
-            "[bold]geomean / total[/]",
-            "",
-            "",
-            "",
-            "",
-            _speed(report.geomean([r.ms_over_as for r in rows])),
-            _speed(report.geomean([r.base_over_as for r in rows])),
-            "",
-            report.sec(tune.autosched_s),
-            report.sec(tune.metaschedule_s),
-            report.ratio(tune.ratio),
-            "",
-        ]
-    )
-    return out
-
-
-LEGEND = (
-    "speed vs X = X's time / autosched's time (> 1: autosched faster); tune as/MS = "
-    "autosched's tuning wall time / MetaSchedule's (< 1: autosched tuned faster); the last "
-    "row is the geomean of the speeds and the total of the tuning times over the kernels "
-    "both tuners finished. A check other than ok is never timed."
-)
-
-
-def error_lines(rows: Sequence[GpuRow]) -> list[str]:
-    lines = []
-    for r in rows:
-        for who, err in (("autosched", r.as_error), ("MetaSchedule", r.ms_error)):
-            if err:
-                lines.append(f"{who} {r.kernel}: {err}")
-        if r.torch_error:
-            lines.append(f"PyTorch {r.kernel}: {r.torch_error}")
-        if r.extra.get("as_trial_errors") or r.extra.get("ms_failed_trials"):
-            lines.append(
-                f"{r.kernel}: failed trials autosched {r.extra.get('as_trial_errors', {})}, "
-                f"MetaSchedule {r.extra.get('ms_failed_trials', 0)}"
-            )
-    return lines
-
 
 # --------------------------------------------------------------------------------------
 # Measuring one kernel
@@ -337,12 +136,12 @@ def bench_kernel(kernel: GpuKernel, setup: Setup, timer: Any) -> GpuRow:
 
     kw = {"repeat": setup.plan.repeat, "min_repeat_ms": setup.plan.min_repeat_ms}
     samplers: dict[str, Callable[[], list[float]]] = {}
-    as_lib, row.as_check, row.as_error, err = _build_and_check(autosched_winner, case, console)
+    as_lib, row.as_check, row.as_error, err = build_and_check(autosched_winner, case, console)
     row.extra["as_max_abs_err"] = err
     if as_lib is not None and row.as_check == "ok":  # a wrong answer is never timed
         samplers["as"] = partial(timer.samples, case.tvm_call(as_lib)[0], **kw)
     if setup.run_ms:
-        ms_lib, row.ms_check, row.ms_error, err = _build_and_check(
+        ms_lib, row.ms_check, row.ms_error, err = build_and_check(
             metaschedule_winner, case, console
         )
         row.extra["ms_max_abs_err"] = err
@@ -355,111 +154,14 @@ def bench_kernel(kernel: GpuKernel, setup: Setup, timer: Any) -> GpuRow:
             row.torch_check = "ok"
             samplers["torch"] = partial(timer.torch_samples, call, **kw)
         except AssertionError as e:
-            row.torch_check, row.torch_error = "FAIL", _err(e)
+            row.torch_check, row.torch_error = "FAIL", describe_error(e)
         except Exception as e:
-            row.torch_check, row.torch_error = "ERROR", _err(e)
+            row.torch_check, row.torch_error = "ERROR", describe_error(e)
 
     med, samples = harness.interleaved(samplers, setup.plan.rounds)
     row.extra["samples_ms"] = {k: [round(x * 1e3, 5) for x in v] for k, v in samples.items()}
     row.as_s, row.ms_s, row.torch_s = med.get("as"), med.get("ms"), med.get("torch")
     return row
-
-
-# --------------------------------------------------------------------------------------
-# Dry run: the plan, compiled
-# --------------------------------------------------------------------------------------
-
-PLAN_COLUMNS: Columns = [
-    ("kernel", "left"),
-    ("family", "left"),
-    ("what", "left"),
-    ("GFLOP", "right"),
-    ("stages (meta-template)", "left"),
-    ("space", "right"),
-    ("build s", "right"),
-    ("static schedule", "left"),
-]
-
-
-def plan_cells(kernel: GpuKernel, hw: HardwareParams, target: tvm.target.Target) -> Cells:
-    """Analyze a kernel, build its autosched template and compile its static schedule."""
-    from autosched.analysis import analyze
-    from autosched.schedule import apply_config, build_template, static_config
-    from autosched.wire import Workload
-
-    func = Workload.from_tensors(kernel.build(), kernel.name).prim_func
-    stages = analyze(func)
-    space, status = "-", "[green]ok[/]"
-    t0 = time.perf_counter()
-    try:
-        space = f"{build_template(func, hw, stages).size():.1e}"
-        config = static_config(func, hw, stages)
-        tvm.compile(apply_config(func, config, hw, stages=stages).mod, target=target)
-    except Exception as e:
-        status = f"[red]ERROR[/] {_err(e)}"
-    return [
-        kernel.name,
-        kernel.family,
-        kernel.description,
-        f"{report.gflop(func):.3f}",
-        ", ".join(f"{s.name} ({s.meta_template})" for s in stages),
-        space,
-        f"{time.perf_counter() - t0:.1f}",
-        status,
-    ]
-
-
-def dry_run(names: Sequence[str], args: argparse.Namespace) -> int:
-    on_device = bool(cuda_devices())
-    hw = detect_gpu_hardware(device=0) if on_device else detect_gpu_hardware(tag=args.gpu_tag)
-    assert hw.gpu is not None  # detect_gpu_hardware always describes a GPU
-    target = cpu_target(hw)
-    env = {
-        "mode": "dry run: static autosched schedules compiled, nothing tuned or timed",
-        "GPU parameters from": "cuda:0" if on_device else f"target tag {args.gpu_tag}",
-        "target key": hw.target_key,
-        "target": str(target),
-        "tvm": tvm.__version__,
-    }
-    report.print_environment(console, env)
-    title = f"plan: {len(names)} kernels, autosched vs MetaSchedule at {args.trials} trials each"
-    rows = []
-    for name in names:
-        with console.status(f"{name}: static schedule, CUDA build ..."):
-            rows.append(plan_cells(KERNELS[name], hw, target))
-    print_table(title, PLAN_COLUMNS, rows)
-    failed = [r[0] for r in rows if not r[-1].startswith("[green]")]
-    summary = f"{len(rows) - len(failed)} of {len(rows)} static schedules built for {hw.gpu.arch}"
-    summary += f"; failed: {', '.join(failed)}" if failed else ""
-    console.print(summary, highlight=False)
-    if args.out:
-        write_markdown(
-            args.out,
-            "autosched GPU benchmark: dry run",
-            env,
-            [(title, PLAN_COLUMNS, rows)],
-            [summary],
-        )
-    return 1 if failed else 0
-
-
-# --------------------------------------------------------------------------------------
-# Output files
-# --------------------------------------------------------------------------------------
-
-
-def write_markdown(
-    path: Path,
-    heading: str,
-    env: dict[str, str],
-    tables: Sequence[tuple[str, Columns, Sequence[Cells]]],
-    notes: Sequence[str],
-) -> None:
-    parts = [f"# {heading}", "", *(f"- **{k}**: {v}" for k, v in env.items()), ""]
-    for title, columns, rows in tables:
-        parts += [markdown_table(title, columns, rows), ""]
-    parts += [plain(n) for n in notes if n]
-    path.write_text("\n".join(parts).rstrip() + "\n")
 
 
 # --------------------------------------------------------------------------------------
@@ -511,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"unknown kernels: {', '.join(bad)}; known: {', '.join(KERNELS)}")
         return 2
     if args.dry_run:
-        return dry_run(names, args)
+        return dry_run(console, names, args)
     if not cuda_devices():
         console.print(f"[red]{NO_GPU}[/]")
         return 2
@@ -542,23 +244,7 @@ def measure(names: Sequence[str], args: argparse.Namespace) -> int:
         builder_workers=usable_cpus(),
     )
 
-    oneoff: dict[str, float] = {}
-    if setup.run_ms:
-        # One-off cost, reported apart: TuneContext imports the tensor intrinsics anyway.
-        t0 = time.perf_counter()
-        import tvm.s_tir.tensor_intrin  # noqa: F401
-        from tvm.s_tir import meta_schedule  # noqa: F401
-
-        oneoff["ms_import_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    import autosched.tune.tune  # noqa: F401
-
-    oneoff["autosched_import_s"] = time.perf_counter() - t0
-    console.print(
-        "one-off imports (not in the tuning wall times): "
-        + ", ".join(f"{k} {v:.1f} s" for k, v in oneoff.items()),
-        highlight=False,
-    )
+    oneoff = time_oneoff_imports(console, metaschedule=setup.run_ms)
 
     rows: list[GpuRow] = []
     t_all = time.perf_counter()
@@ -571,7 +257,7 @@ def measure(names: Sequence[str], args: argparse.Namespace) -> int:
         except Exception as e:  # a failure outside the tuners (reference, device): go on
             console.print(traceback.format_exc(), markup=False, highlight=False)
             r = GpuRow(name, args.trials, 0.0, family=kernel.family, as_check="ERROR")
-            r.as_error = f"benchmark failed: {_err(e)}"
+            r.as_error = f"benchmark failed: {describe_error(e)}"
         rows.append(r)
         console.print(
             f"{name}: autosched {report.ms(r.as_s)} ms ({r.as_check}, tune "
@@ -586,7 +272,7 @@ def measure(names: Sequence[str], args: argparse.Namespace) -> int:
         f"autosched vs MetaSchedule and PyTorch on {env.get('gpu', 'cuda:0')}, {args.trials} trials"
     )
     cells = result_cells(rows)
-    print_table(title, RESULT_COLUMNS, cells)
+    print_table(console, title, RESULT_COLUMNS, cells)
     console.print(LEGEND)
     goals = targets(rows)
     trials_note = (

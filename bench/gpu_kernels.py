@@ -248,8 +248,8 @@ def compare(got: np.ndarray, expected: np.ndarray, k: int) -> str | None:
     scale). fp16 outputs: two correctly accumulated results may round one fp16 ulp
     (2^-10 relative) apart, so rtol is 2e-3.
     """
-    from autosched.tune.runner_handlers import _compare
+    from autosched.tune.runner_handlers import compare_to_reference
 
     ref = expected.astype(got.dtype).astype(np.float64) if got.dtype == np.float16 else expected
     rtol, atol = (2e-3, 1e-3) if got.dtype == np.float16 else (1e-4, 1e-4)
-    return _compare(got, ref, rtol, atol, k)
+    return compare_to_reference(got, ref, rtol, atol, k)

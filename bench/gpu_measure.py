@@ -89,7 +89,7 @@ class DeviceCase:
 
     def check(self, executable: Any) -> float:
         """Run the build once; raise AssertionError unless it matches the reference (as
-        ``harness.Case.check``, so ``tune_both._build_and_check`` takes it); return its
+        ``harness.Case.check``, so ``tune_both.build_and_check`` takes it); return its
         largest absolute error."""
         call, args = self.tvm_call(executable)
         call()

@@ -7,9 +7,10 @@ body fragment, the timeout and the file the records go to.
 
 Open loop: request ``i`` is due at ``t0 + i / rate`` whatever happened to the others.
 Locust's users are only concurrency slots: user ``k`` of ``U`` sends requests ``k, k + U,
-k + 2U, ...`` (``bench.load.user_slots``), sleeping until each one is due. A request is timed
-from when it was due, not from when it left, so a user held up by a slow answer adds its
-lateness to the next request's latency instead of hiding it (no coordinated omission).
+k + 2U, ...`` (``bench.load_stats.user_slots``), sleeping until each one is due. A request
+is timed from when it was due, not from when it left, so a user held up by a slow answer
+adds its lateness to the next request's latency instead of hiding it (no coordinated
+omission).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from locust.exception import StopUser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.load import Record, send_offset, user_slots
+from bench.load_stats import Record, send_offset, user_slots
 
 SPEC: dict[str, Any] = {}
 RECORDS: list[Record] = []

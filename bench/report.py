@@ -1,9 +1,9 @@
 """How the benchmark scripts print their results: console, number formats, tables, rows.
 
 ``bench/static.py`` and ``bench/vs_metaschedule.py`` both report latencies in ms, ratios
-of two times, numerical checks and a kernel's baseline (numpy for matmul-like kernels,
-PyTorch otherwise); the formats and the baseline rule live here so that both scripts say
-the same thing the same way.
+of two times, numerical checks, a kernel's baseline (numpy for matmul-like kernels,
+PyTorch otherwise) and its place on the machine's measured roofline; the formats and the
+baseline rule live here so that both scripts say the same thing the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autosched import zoo
+from bench import roofline
 from bench.baselines import is_matmul_like
 
 Justify = Literal["left", "right"]
@@ -75,6 +76,21 @@ def times(v: float | None) -> str:
 
 def rate(gflops: float | None) -> str:
     return "-" if gflops is None else f"{gflops:.1f}"
+
+
+def roof_cell(share: roofline.RoofShare | None) -> str:
+    """Share of the roof that bounds the kernel: "62% FMA" (compute-bound, of the FMA peak)
+    or "81% copy" (memory-bound, of the copy bandwidth)."""
+    if share is None:
+        return "-"
+    return f"{share.share:.0%} {'FMA' if share.bound == 'compute' else 'copy'}"
+
+
+ROOF_LEGEND = (
+    "roof = share of the roof that bounds the kernel on the roofline measured at the start: "
+    "of the FMA peak when its FLOP per byte (every input read once, every output written "
+    "once) is above the ridge point, else of the copy bandwidth."
+)
 
 
 def check_cell(check: str) -> str:
@@ -135,6 +151,16 @@ def table(title: str, columns: Sequence[tuple[str, Justify]]) -> Table:
 def print_environment(console: Console, env: dict[str, str]) -> None:
     for k, v in env.items():
         console.print(f"[bold]{k}[/]: {v}", highlight=False)
+
+
+def print_roofline(console: Console, machine: roofline.Roofline) -> None:
+    console.print(
+        f"[bold]roofline[/] (measured now, all threads): FMA peak {machine.fma_gflops:.0f} "
+        f"GFLOP/s (fp32), copy {machine.copy_gbs:.1f} GB/s, triad {machine.triad_gbs:.1f} GB/s "
+        f"(arrays of {machine.stream_array_bytes / 2**20:.0f} MiB), ridge "
+        f"{machine.ridge:.1f} FLOP/B",
+        highlight=False,
+    )
 
 
 def reject_unknown_kernels(console: Console, names: Sequence[str]) -> bool:

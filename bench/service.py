@@ -39,7 +39,8 @@ from bench.report import make_console
 console = make_console(140)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback now (for the API of a service a bench starts)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -56,11 +57,11 @@ def _matmul(n: int, salt: str) -> Workload:
 def _settings(args: argparse.Namespace, data_dir: Path) -> Settings:
     """A fresh database per run, so no run reuses another's measurements."""
     if args.embedded:
-        return Settings(data_dir=data_dir, api_port=_free_port())
+        return Settings(data_dir=data_dir, api_port=free_port())
     return Settings(
         data_dir=data_dir,
-        api_port=_free_port(),
-        database_url=_fresh_database(args.postgres, data_dir.name),
+        api_port=free_port(),
+        database_url=fresh_database(args.postgres, data_dir.name),
         redis_url=args.redis_url,
     )
 
@@ -97,7 +98,7 @@ def fetch_latency(args: argparse.Namespace, url: str, key: str, target: str, tok
     prints p50/p99. ``bench/load.py`` measures several rates and the lookup route."""
     from urllib.parse import urlencode
 
-    from bench.load import Request, drive
+    from bench.load_fetch import Request, drive
 
     path = f"/v1/schedules/{key}?{urlencode({'target': target})}"
     with tempfile.TemporaryDirectory(prefix="autosched-fetch-") as tmp:
@@ -149,13 +150,15 @@ def main(argv: list[str] | None = None) -> int:
             rates[workers] = rate
             table.add_row(str(workers), f"{rate:.1f}")
     finally:
-        _drop_databases()
+        drop_databases()
     console.print(table)
     console.print(f"2 workers / 1 worker: {rates[2] / rates[1]:.2f}×")
     return 0
 
 
-def _fresh_database(server: str, tag: str) -> str:
+def fresh_database(server: str, tag: str) -> str:
+    """A new, empty PostgreSQL database on ``server`` named after ``tag`` (dropped first if a
+    run left it); its URL. ``drop_databases`` drops every one made so."""
     from sqlalchemy import create_engine, text
 
     name = "autosched_bench_" + "".join(c for c in tag if c.isalnum()).lower()[-16:]
@@ -171,7 +174,8 @@ def _fresh_database(server: str, tag: str) -> str:
 _created: list[tuple[str, str]] = []
 
 
-def _drop_databases() -> None:
+def drop_databases() -> None:
+    """Drop the databases ``fresh_database`` made in this process."""
     from sqlalchemy import create_engine, text
 
     for server, name in _created:

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from autosched import zoo
 from autosched.hardware import cpu_target, detect_hardware
 from bench import env as benv
-from bench import harness, report
+from bench import harness, report, roofline
 from bench.static_kernel import Plan, Result, bench_kernel
 
 console = report.make_console(160)
@@ -54,7 +54,14 @@ NAIVE_TARGET = 10.0  # matmul_1024 and conv2d kernels: static at least 10x the n
 LENET_TARGET = 1.5  # lenet: static time at most 1.5x PyTorch's
 
 
-def print_table(results: list[Result], stat: str) -> None:
+def best_s(r: Result) -> float | None:
+    """autosched's best time for the kernel: static, or tuned when that is faster."""
+    return min((s for s in (r.static_s, r.tuned_s) if s), default=None)
+
+
+def print_table(
+    results: list[Result], stat: str, roofs: dict[str, roofline.RoofShare | None]
+) -> None:
     tuned = any(r.tuned_s for r in results)
     what = "static and tuned" if tuned else "static"
     columns: list[tuple[str, report.Justify]] = [
@@ -62,6 +69,7 @@ def print_table(results: list[Result], stat: str) -> None:
         ("stages", "left"),
         ("check", "left"),
         ("GFLOP/s", "right"),
+        ("roof", "right"),
         ("naive ms", "right"),
         ("static ms", "right"),
         ("vs naive", "right"),
@@ -86,6 +94,7 @@ def print_table(results: list[Result], stat: str) -> None:
             r.templates,
             report.check_cell(r.check),
             report.rate(r.gflops),
+            report.roof_cell(roofs[r.kernel]),
             report.ms(r.naive_s),
             report.ms(r.static_s),
             report.times(r.speedup),
@@ -100,7 +109,8 @@ def print_table(results: list[Result], stat: str) -> None:
         "stages: one letter per stage, D direct compute, S simple reduction, "
         "C complex reduction, L location-tunable. baseline/static = baseline time / static "
         "time (> 1: autosched faster); baseline is numpy (np) for matmul-like kernels, "
-        "PyTorch (pt) otherwise."
+        "PyTorch (pt) otherwise. " + report.ROOF_LEGEND + " It is for the best of static and "
+        "tuned; GFLOP/s is the static schedule's."
     )
 
 
@@ -188,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         tuned_by_service = tune_through_service(args.service, names, args.tune, console)
 
     benv.warn_if_busy(hw.num_cores)
+    with console.status("measuring the roofline ..."):
+        machine = roofline.measure_machine(hw, target)
+    report.print_roofline(console, machine)
+
     results: list[Result] = []
     for n in names:
         t0 = time.perf_counter()
@@ -206,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
             highlight=False,
         )
 
-    print_table(results, args.stat)
+    roofs = {
+        r.kernel: roofline.place_zoo_kernel(machine, r.kernel, r.gflop, best_s(r)) for r in results
+    }
+    print_table(results, args.stat, roofs)
     print_headlines(results)
     benv.warn_if_busy(hw.num_cores, after=True)
 
@@ -215,12 +232,14 @@ def main(argv: list[str] | None = None) -> int:
             "environment": env,
             "plan": asdict(plan),
             "stat": args.stat,
+            "roofline": asdict(machine) | {"ridge": machine.ridge},
             "results": [
                 asdict(r)
                 | {
                     "speedup_vs_naive": r.speedup,
                     "baseline_over_static": r.vs_baseline,
                     "gflops": r.gflops,
+                    "roof": asdict(roof) if (roof := roofs[r.kernel]) else None,
                 }
                 for r in results
             ],

@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import tvm
@@ -69,11 +69,36 @@ class Plan:
         return cls(2, 3, 20) if quick else cls(4, 5, 50)
 
 
-def _err(e: BaseException) -> str:
+def describe_error(e: BaseException) -> str:
+    """One line for a table or a log: the exception's type and its telling line."""
     lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
     # TVM errors end with the interesting line; Python ones start with it.
     msg = lines[-1] if lines and "Traceback" in lines[0] else (lines[0] if lines else "")
     return f"{type(e).__name__}: {msg}"[:300]
+
+
+def time_oneoff_imports(console: Console, metaschedule: bool) -> dict[str, float]:
+    """Import what the tuners import once per process, timed and printed apart so that it is
+    not charged to the first kernel's tuning wall time: MetaSchedule with its tensor
+    intrinsics (TuneContext imports them anyway) when ``metaschedule``, and autosched's tune.
+    Returns the seconds per import (``ms_import_s``, ``autosched_import_s``)."""
+    oneoff: dict[str, float] = {}
+    if metaschedule:
+        t0 = time.perf_counter()
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+        from tvm.s_tir import meta_schedule  # noqa: F401
+
+        oneoff["ms_import_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    import autosched.tune.tune  # noqa: F401
+
+    oneoff["autosched_import_s"] = time.perf_counter() - t0
+    console.print(
+        "one-off imports (not in the tuning wall times): "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in oneoff.items()),
+        highlight=False,
+    )
+    return oneoff
 
 
 # --------------------------------------------------------------------------------------
@@ -182,8 +207,16 @@ def tune_metaschedule(
 # --------------------------------------------------------------------------------------
 
 
-def _build_and_check(
-    make: Callable[[], Any], case: harness.Case, console: Console
+class CheckedCase(Protocol):
+    """A kernel with a reference: ``harness.Case`` (CPU) or ``gpu_measure.DeviceCase``."""
+
+    def check(self, executable: Any) -> float:
+        """Run ``executable``; its max abs error, or AssertionError when it is wrong."""
+        ...
+
+
+def build_and_check(
+    make: Callable[[], Any], case: CheckedCase, console: Console
 ) -> tuple[Any, str, str, float | None]:
     """Tune and build one tuner's winner with ``make``, then check it against the naive
     output: (build, check, error, max abs error). A build whose output differs is returned
@@ -194,10 +227,10 @@ def _build_and_check(
         return executable, "ok", "", case.check(executable)
     except AssertionError as e:
         console.print(str(e), markup=False, highlight=False)
-        return executable, "FAIL", _err(e), None
+        return executable, "FAIL", describe_error(e), None
     except Exception as e:
         console.print(traceback.format_exc(), markup=False, highlight=False)
-        return None, "ERROR", _err(e), None
+        return None, "ERROR", describe_error(e), None
 
 
 def bench_one(
@@ -234,12 +267,12 @@ def bench_one(
             raise RuntimeError("compile_tir found no valid record")
         return tvm.compile(sch.mod, target=target)
 
-    as_lib, row.as_check, row.as_error, err = _build_and_check(autosched_winner, case, console)
+    as_lib, row.as_check, row.as_error, err = build_and_check(autosched_winner, case, console)
     if err is not None:
         row.extra["as_max_abs_err"] = err
     ms_lib = None
     if run_ms:
-        ms_lib, row.ms_check, row.ms_error, err = _build_and_check(
+        ms_lib, row.ms_check, row.ms_error, err = build_and_check(
             metaschedule_winner, case, console
         )
         if err is not None:

@@ -58,8 +58,8 @@ import tvm
 
 from autosched.hardware import cpu_target, detect_hardware
 from bench import env as benv
-from bench import harness, report
-from bench.tune_both import Plan, Row, bench_one
+from bench import harness, report, roofline
+from bench.tune_both import Plan, Row, bench_one, time_oneoff_imports
 
 console = report.make_console(180)
 
@@ -78,12 +78,16 @@ MS_TARGET, MS_GOAL = 1.0, 1.1  # geomean of MS time / autosched time
 BLAS_TARGET, BLAS_GOAL = 0.8, 0.9  # matmul_1024: numpy time / autosched time
 
 
-def print_table(rows: list[Row], trials: int) -> None:
+def print_table(
+    rows: list[Row], trials: int, roofs: dict[tuple[str, int], roofline.RoofShare | None]
+) -> None:
+    """``roofs``: autosched's place on the roofline by (kernel, trials)."""
     t = report.table(
         f"autosched vs MetaSchedule at {trials} trials (re-timed here, medians)",
         [
             ("kernel", "left"),
             ("GFLOP/s as", "right"),
+            ("roof as", "right"),
             ("autosched ms", "right"),
             ("MS ms", "right"),
             ("MS/as", "right"),
@@ -104,6 +108,7 @@ def print_table(rows: list[Row], trials: int) -> None:
         t.add_row(
             r.kernel,
             report.rate(report.over(r.gflop, r.as_s)),
+            report.roof_cell(roofs[r.kernel, r.trials]),
             report.ms(r.as_s),
             report.ms(r.ms_s),
             ratio_s,
@@ -253,25 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     env = benv.environment(hw, target)
     report.print_environment(console, env)
     benv.warn_if_busy(hw.num_cores)
+    with console.status("measuring the roofline ..."):
+        machine = roofline.measure_machine(hw, target)
+    report.print_roofline(console, machine)
 
     run_ms = not args.no_ms
-    oneoff: dict[str, float] = {}
-    if run_ms:
-        # One-off cost, reported apart: TuneContext imports the tensor intrinsics anyway.
-        t0 = time.perf_counter()
-        import tvm.s_tir.tensor_intrin  # noqa: F401
-        from tvm.s_tir import meta_schedule  # noqa: F401
-
-        oneoff["ms_import_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    import autosched.tune.tune  # noqa: F401
-
-    oneoff["autosched_import_s"] = time.perf_counter() - t0
-    console.print(
-        "one-off imports (not in the tuning wall times): "
-        + ", ".join(f"{k} {v:.1f} s" for k, v in oneoff.items()),
-        highlight=False,
-    )
+    oneoff = time_oneoff_imports(console, metaschedule=run_ms)
 
     jobs = [(n, args.trials) for n in names] + [(n, 256) for n in extra if args.trials != 256]
     rows: list[Row] = []
@@ -294,12 +286,16 @@ def main(argv: list[str] | None = None) -> int:
             markup=False,
         )
 
+    roofs = {
+        (r.kernel, r.trials): roofline.place_zoo_kernel(machine, r.kernel, r.gflop, r.as_s)
+        for r in rows
+    }
     for trials in sorted({t for _, t in jobs}):
-        print_table([r for r in rows if r.trials == trials], trials)
+        print_table([r for r in rows if r.trials == trials], trials, roofs)
     console.print(
         "MS/as = MetaSchedule time / autosched time (> 1: autosched faster). base/as = "
         "baseline time / autosched time, baseline numpy (np) for matmul-like kernels, PyTorch "
-        "(pt) otherwise. tune s = wall time of tune() / tune_tir()."
+        "(pt) otherwise. tune s = wall time of tune() / tune_tir(). " + report.ROOF_LEGEND
     )
     print_errors(rows)
     summary = print_headlines(rows, args.trials)
@@ -315,9 +311,15 @@ def main(argv: list[str] | None = None) -> int:
             "environment": env,
             "plan": asdict(plan),
             "one_off_s": oneoff,
+            "roofline": asdict(machine) | {"ridge": machine.ridge},
             "summary": summary,
             "rows": [
-                asdict(r) | {"ms_over_autosched": r.ms_over_as, "baseline_over_as": r.base_over_as}
+                asdict(r)
+                | {
+                    "ms_over_autosched": r.ms_over_as,
+                    "baseline_over_as": r.base_over_as,
+                    "autosched_roof": asdict(roof) if (roof := roofs[r.kernel, r.trials]) else None,
+                }
                 for r in rows
             ],
             "lenet": lenet,

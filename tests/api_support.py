@@ -7,7 +7,6 @@ workloads (``matmul`` salts the computation: a fresh key each call) and device k
 
 from __future__ import annotations
 
-import random
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,27 +14,23 @@ from datetime import datetime
 from typing import Any
 
 from fastapi.testclient import TestClient
-from tvm import te
 
 from autosched.db import Job, JobWorkload, Trial, session_factory, session_scope
 from autosched.db.models import Device
 from autosched.hardware import HardwareParams
 from autosched.settings import Settings
 from autosched.vocabulary import TrialState
-from autosched.wire import serialize
 from services.api import create_app
+from tests.farm_support import matmul as farm_matmul
+from tests.farm_support import new_salt
 
 
 def matmul(
     n: int = 64, salt: float | None = None, name: str = "mm"
 ) -> tuple[dict[str, Any], float]:
     """A wire document of ``C = salt * A @ B`` (n×n×n) and its salt; a new salt, a new key."""
-    salt = salt if salt is not None else round(random.uniform(0.5, 2.0), 9)
-    a = te.placeholder((n, n), "float32", name="A")
-    b = te.placeholder((n, n), "float32", name="B")
-    k = te.reduce_axis((0, n), name="k")
-    c = te.compute((n, n), lambda i, j: te.sum(a[i, k] * b[k, j] * salt, axis=k), name="C")
-    return serialize([a, b, c], name), salt
+    salt = salt if salt is not None else new_salt()
+    return farm_matmul(n, n, n, name=name, salt=salt).to_json(), salt
 
 
 def settings_for(db_url: str, tmp_path: Any, **overrides: Any) -> Settings:

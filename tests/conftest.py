@@ -1,6 +1,8 @@
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -38,14 +40,23 @@ def pg_url() -> Iterator[str]:
     admin.dispose()
 
 
-@pytest.fixture
-def sqlite_url(tmp_path) -> str:
-    """A fresh SQLite file with migrations applied (the embedded default's database)."""
+@pytest.fixture(scope="session")
+def migrated_sqlite_file(tmp_path_factory) -> Path:
+    """One SQLite file migrated to head, for ``sqlite_url`` to copy: migrating takes about
+    half a second, and a few hundred tests want a fresh database."""
     from autosched.db import upgrade_database
 
-    url = f"sqlite:///{tmp_path / 'autosched.db'}"
-    upgrade_database(url)
-    return url
+    path = tmp_path_factory.mktemp("migrated") / "autosched.db"
+    upgrade_database(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def sqlite_url(tmp_path, migrated_sqlite_file) -> str:
+    """A fresh SQLite file with migrations applied (the embedded default's database)."""
+    path = tmp_path / "autosched.db"
+    shutil.copyfile(migrated_sqlite_file, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -8,12 +8,39 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import tvm
+from tvm import te
 
+from autosched import zoo
 from autosched.hardware import HardwareParams, cpu_target
+
+#: Builds a te DAG afresh: its placeholders, then its outputs (``te.create_prim_func``'s argument).
+TensorBuilder = Callable[[], list[te.Tensor]]
+
+#: Zoo kernels that test_cuda_complex_reduction.py sweeps with random configs.
+COMPLEX_REDUCTION_KERNELS = (
+    "matmul_512",
+    "matmul_awkward",
+    "batch_matmul",
+    "conv2d_resnet_c2",
+    "conv2d_resnet_1x1",
+    "conv2d_resnet_c4_s2",
+    "depthwise_conv2d",
+)
+#: Zoo kernels that test_cuda_templates.py (the other meta-templates) sweeps likewise.
+OTHER_TEMPLATE_KERNELS = (
+    "softmax",
+    "layer_norm",
+    "row_sum",
+    "max_pool",
+    "elementwise_chain",
+    "transpose",
+)
 
 # A kernel without threadIdx has no __launch_bounds__: one thread per block.
 _KERNEL = re.compile(
@@ -43,6 +70,11 @@ _TYPE_BYTES = {
     "float4": 16,
     "int4": 16,
 }
+
+
+def zoo_builders(names: Iterable[str]) -> dict[str, TensorBuilder]:
+    """A builder per zoo kernel of ``names``, by name."""
+    return {name: partial(zoo.tensors, name) for name in names}
 
 
 def compile_cuda(sch: Any, hw: HardwareParams) -> tuple[Any, str]:

@@ -8,10 +8,11 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,12 @@ from autosched.schemas import WorkerRegister
 from autosched.service import farm
 from autosched.service.tokens import Caller
 from autosched.service.workloads import store_workload
+from autosched.settings import Settings
 from autosched.tune.measure import Measurer
 from autosched.tune.trial import MeasureInput, MeasureResult, TrialStatus
-from autosched.vocabulary import TrialState
+from autosched.vocabulary import TERMINAL_JOB_STATES, TrialState
 from autosched.wire import Workload
+from services.scheduler.main import run_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,9 +51,14 @@ def matmul(
     return Workload.from_tensors([a, b, c], name)
 
 
+def new_salt() -> float:
+    """A ``matmul`` salt, and so a workload key, no other test (or earlier run) has."""
+    return round(random.uniform(0.5, 2.0), 9)
+
+
 def salted_matmul(name: str) -> Workload:
     """64×64×64, with a key no other test (or earlier run on this database) has."""
-    return matmul(name=name, salt=round(random.uniform(0.5, 2.0), 9))
+    return matmul(name=name, salt=new_salt())
 
 
 def store(factory: sessionmaker[Session], *workloads: Workload) -> list[str]:
@@ -126,6 +134,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: floa
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def wait_for_job_end(factory: sessionmaker[Session], job_id: int, timeout: float) -> Job:
+    """The job once it has succeeded, failed or been cancelled."""
+    return wait_for(
+        lambda: (j := job(factory, job_id)).state in TERMINAL_JOB_STATES and j,
+        timeout,
+        f"job {job_id} to end",
+    )
+
+
 class FakeMeasurer(Measurer):
     """Deterministic latencies from the config's JSON, no build (for in-process tests)."""
 
@@ -173,6 +190,35 @@ def service_env(
         env["REDIS_URL"] = redis_url
     env.update(extra)
     return env
+
+
+def service_settings(
+    data_dir: Path, database_url: str | None, redis_url: str | None, **overrides: Any
+) -> Settings:
+    """The in-process twin of ``service_env``: the same fast heartbeats and small batches."""
+    fast: dict[str, Any] = {"heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 3, "batch_size": 4}
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        redis_url=redis_url,
+        **{**fast, **overrides},
+    )
+
+
+@contextlib.contextmanager
+def scheduler_thread(settings: Settings) -> Iterator[None]:
+    """``run_scheduler`` in a thread, polling every 0.2 s, for as long as the block runs."""
+    stopping = threading.Event()
+    thread = threading.Thread(
+        target=run_scheduler, args=(settings, stopping), kwargs={"poll_s": 0.2}, daemon=True
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stopping.set()
+        thread.join(60)
+    assert not thread.is_alive(), "the scheduler thread did not stop"
 
 
 def start(module: str, env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen:

@@ -7,7 +7,8 @@ cluster made by ``initdb``, run as the ``postgres`` user because initdb refuses 
 ``start()``, ``stop()``, ``restart()``, ``kill()`` and ``url``. Both are context managers
 whose exit kills the server and removes its files whatever the test did; the session
 fixtures ``private_pg`` and ``private_redis`` (``tests/conftest.py``) start one of each at
-most once per run. Nothing here imports TVM.
+most once per run. What a fault test checks at its end is in ``tests/fault_outcome.py``.
+Nothing here imports TVM.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import subprocess
 import tempfile
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 PG_USER = "postgres"
 
@@ -64,7 +66,29 @@ def _as_postgres(argv: list[str]) -> list[str]:
     return ["runuser", "-u", PG_USER, "--", *argv] if os.geteuid() == 0 else argv
 
 
-class PrivatePostgres:
+class _PrivateServer(ABC):
+    """A server a test owns: ``with`` starts it, and removes it (``close``) on the way out,
+    also when starting failed half-way."""
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PrivatePostgres(_PrivateServer):
     """A throwaway PostgreSQL cluster on 127.0.0.1:``port``, trust auth, no fsync."""
 
     def __init__(self, port: int | None = None) -> None:
@@ -168,19 +192,8 @@ class PrivatePostgres:
                 self.kill()
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> PrivatePostgres:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class PrivateRedis:
+class PrivateRedis(_PrivateServer):
     """A ``redis-server`` on 127.0.0.1:``port`` in its own directory; ``persistence`` turns
     on the append-only file (fsync on every write), so a restart keeps its queues."""
 
@@ -261,17 +274,6 @@ class PrivateRedis:
             if self.process is not None and self.process.stderr:
                 self.process.stderr.close()
             shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> PrivateRedis:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _released(barrier: Any, results: Any, target: Callable[..., Any], args: tuple) -> None:

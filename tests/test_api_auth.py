@@ -4,14 +4,24 @@ tokens stored only as SHA-256. PostgreSQL and SQLite."""
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
 from autosched.db import ApiToken
 from autosched.errors import AuthenticationError, PermissionDeniedError
-from autosched.service.tokens import authenticate, create_token, revoke_token
+from autosched.service.tokens import (
+    authenticate,
+    create_token,
+    hash_token,
+    revoke_token,
+    touch_last_used,
+)
+from autosched.wire import Workload
 from tests.api_support import api_client, db, known_device, matmul
+
+MINUTE = 60.0  # the default interval between last_used_at writes
 
 
 def _token(db_url: str, *scopes: str) -> str:
@@ -114,13 +124,64 @@ def test_token_service(db_url):
     with db(db_url) as session:
         created = create_token(session, "svc", ["worker", "worker"])
         assert created.scopes == ["worker"]
-        row = authenticate(session, created.token, "worker")
+        row = authenticate(session, created.token, "worker", touch_interval_s=MINUTE)
         assert row.id == created.id and row.last_used_at is not None
-        assert authenticate(session, created.token, None).id == created.id
+        assert authenticate(session, created.token, None, touch_interval_s=MINUTE).id == created.id
         with pytest.raises(PermissionDeniedError):
-            authenticate(session, created.token, "submit")
+            authenticate(session, created.token, "submit", touch_interval_s=MINUTE)
         with pytest.raises(AuthenticationError):
-            authenticate(session, None, "worker")
+            authenticate(session, None, "worker", touch_interval_s=MINUTE)
         revoke_token(session, created.id)
         with pytest.raises(AuthenticationError):
-            authenticate(session, created.token, "worker")
+            authenticate(session, created.token, "worker", touch_interval_s=MINUTE)
+
+
+def _last_used(db_url: str, token: str) -> datetime | None:
+    with db(db_url) as session:
+        query = select(ApiToken.last_used_at).where(ApiToken.token_hash == hash_token(token))
+        return session.scalars(query).one()
+
+
+def test_last_used_at_is_written_once_per_interval(db_url, tmp_path):
+    token = _token(db_url)
+    with api_client(db_url, tmp_path, auth_required=True, anonymous_reads=False) as client:
+        assert client.get("/v1/jobs", headers=_auth(token)).status_code == 200
+        first = _last_used(db_url, token)
+        assert first is not None
+        for _ in range(3):  # reads within the interval write nothing
+            assert client.get("/v1/jobs", headers=_auth(token)).status_code == 200
+        assert _last_used(db_url, token) == first
+        with db(db_url) as session:
+            row = session.scalars(select(ApiToken).where(ApiToken.last_used_at == first)).one()
+            row.last_used_at = first - timedelta(minutes=2)
+        assert client.get("/v1/jobs", headers=_auth(token)).status_code == 200
+        assert _last_used(db_url, token) > first
+
+
+def test_last_used_at_is_written_by_the_first_of_racing_processes(db_url):
+    """Two processes that both read the token as stale: only the first one writes."""
+    token = _token(db_url)
+    with db(db_url) as late:
+        row = late.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).one()
+        assert row.last_used_at is None
+        with db(db_url) as early:
+            authenticate(early, token, None, touch_interval_s=MINUTE)
+        written = _last_used(db_url, token)
+        touch_last_used(late, row, MINUTE)  # read stale, but the UPDATE's WHERE sees it fresh
+    assert _last_used(db_url, token) == written
+
+
+def test_kept_schedules_still_need_a_token(db_url, tmp_path):
+    """A kept answer is served only past the route's authentication."""
+    submit, reader = _token(db_url, "submit"), _token(db_url)
+    doc, _ = matmul()
+    path = f"/v1/schedules/{Workload.from_json(doc).key}"
+    with api_client(db_url, tmp_path, auth_required=True, anonymous_reads=False) as client:
+        assert client.post("/v1/workloads", json=doc, headers=_auth(submit)).status_code == 201
+        kept = client.get(path, headers=_auth(reader))
+        assert kept.status_code == 200
+        etag = {"If-None-Match": kept.headers["etag"]}
+        assert client.get(path).status_code == 401
+        assert client.get(path, headers=etag).status_code == 401
+        assert client.get(path, headers={**etag, **_auth("as_wrong")}).status_code == 401
+        assert client.get(path, headers={**etag, **_auth(reader)}).status_code == 304

@@ -12,7 +12,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from autosched.db import Job, JobWorkload, TemplateRow, WorkloadRow
 from autosched.service.tokens import create_token
 from autosched.service.workload_sandbox import POOL_SIZE
 from tests.api_support import db, matmul
+from tests.fault_support import free_port
 
 REFUSAL_S = 0.5  # "well under a second", on a loaded 2-core machine
 LARGE_REFUSAL_S = 2.0  # 0.5 MB: parsed and encoded a few times, validated in the sandbox
@@ -169,19 +169,13 @@ def requests_for(doc: dict[str, Any]) -> list[tuple[str, bytes]]:
 # --- the service ----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def api(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """``(url, submit token)`` of an API process served by uvicorn on the test database."""
     data_dir = tmp_path_factory.mktemp("hostile")
     with db(pg_url) as session:
         token = create_token(session, "hostile-client", ["submit"]).token
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOSCHED_", "REDIS"))}
     env.update(

@@ -12,9 +12,19 @@ import tvm
 from autosched.db import BestConfig, WorkloadRow
 from autosched.hardware import HardwareParams, cpu_target
 from autosched.schedule import apply_config, trace_json
+from autosched.service import workload_sandbox
 from autosched.space import Config, Template
 from autosched.wire import Workload
-from tests.api_support import add_trial, api_client, db, host_hardware, matmul, unique_device
+from tests.api_support import (
+    add_trial,
+    api_client,
+    db,
+    host_hardware,
+    known_device,
+    matmul,
+    unique_device,
+)
+from tests.schedule_support import publish_best
 
 
 def test_static_until_tuned(db_url, tmp_path):
@@ -138,3 +148,67 @@ def test_keys_and_targets_are_bounded(sqlite_url, tmp_path):
             assert response.status_code == 422, target
         ok_target = {"target": "llvm/znver3/2c/256b"}
         assert client.get("/v1/schedules/v1-0000000000000000", params=ok_target).status_code == 404
+
+
+def test_answers_are_kept_until_a_new_best_is_published(db_url, tmp_path, monkeypatch):
+    """Two apps on one database (two API processes): each keeps its answers, revalidates
+    them by ETag, and both serve a newly published best config at once."""
+    doc, _ = matmul()
+    key = Workload.from_json(doc).key
+    with api_client(db_url, tmp_path) as a, api_client(db_url, tmp_path) as b:
+        a.post("/v1/workloads", json=doc)
+        target = host_hardware(a).target_key
+        static = a.get(f"/v1/schedules/{key}")
+        assert static.status_code == 200 and static.json()["source"] == "static"
+        assert static.headers["cache-control"] == "private, no-cache"
+        etag = static.headers["etag"]
+        assert b.get(f"/v1/schedules/{key}").headers["etag"] == etag  # same answer in b
+
+        # Kept: the static trace is not replayed in the sandbox again.
+        def replayed(*_args: object) -> None:
+            raise AssertionError("the static schedule was built again")
+
+        monkeypatch.setattr(workload_sandbox, "static_trace", replayed)
+        again = a.get(f"/v1/schedules/{key}")
+        assert again.content == static.content and again.headers["etag"] == etag
+        for sent in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+            unchanged = a.get(f"/v1/schedules/{key}", headers={"If-None-Match": sent})
+            assert unchanged.status_code == 304 and unchanged.content == b"", sent
+            assert unchanged.headers["etag"] == etag
+        other = a.get(f"/v1/schedules/{key}", headers={"If-None-Match": '"other"'})
+        assert other.status_code == 200 and other.content == static.content
+
+        job = a.post("/v1/jobs", json={"workload_keys": [key], "device_key": known_device(db_url)})
+        seen: set[str] = {etag}
+        for latency in (3e-5, 2e-5):  # first tuned, then a faster one replaces it
+            publish_best(db_url, job.json()["id"], key, target, latency)
+            for client in (a, b):
+                fresh = client.get(f"/v1/schedules/{key}", headers={"If-None-Match": etag})
+                assert fresh.status_code == 200, fresh.text
+                assert fresh.json()["source"] == "tuned"
+                assert fresh.json()["latency"] == pytest.approx(latency)
+                assert fresh.headers["etag"] not in seen
+            etag = fresh.headers["etag"]
+            seen.add(etag)
+            assert a.get(f"/v1/schedules/{key}").headers["etag"] == etag
+
+        # Kept per target: the host target's answer is not served for another one.
+        assert a.get(f"/v1/schedules/{key}", params={"target": "llvm/x/1c/128b"}).status_code == 404
+
+
+def test_no_answers_kept_when_the_cache_is_off(sqlite_url, tmp_path, monkeypatch):
+    doc, _ = matmul()
+    key = Workload.from_json(doc).key
+    with api_client(sqlite_url, tmp_path, schedule_cache_entries=0) as client:
+        client.post("/v1/workloads", json=doc)
+        first = client.get(f"/v1/schedules/{key}")
+        calls: list[str] = []
+        real = workload_sandbox.static_trace
+
+        def counted(*args: object) -> object:
+            calls.append("replayed")
+            return real(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(workload_sandbox, "static_trace", counted)
+        second = client.get(f"/v1/schedules/{key}")
+        assert second.json() == first.json() and calls == ["replayed"]

@@ -96,7 +96,7 @@ def test_a_gpu_worker_registers_and_its_target_serves_cuda_schedules(db_url, tmp
     """A GPU worker's report (card parameters beside its host's) is validated like a CPU's;
     the server derives the ``cuda/...`` key, the farm page shows the card, and a schedule
     lookup for that key is a static CUDA schedule (threads bound) before anything is tuned."""
-    from autosched.hardware import detect_gpu_hardware
+    from autosched.gpu_hardware import detect_gpu_hardware
 
     gpu = detect_gpu_hardware(tag="nvidia/nvidia-h100")
     device = unique_device()

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autosched.analysis import analyze
 from autosched.wire import Workload
-from bench import gpu, report
+from bench import gpu, gpu_plan, gpu_report, report
 from bench.gpu_kernels import DEFAULT_KERNELS, KERNELS, compare, reduction_length
 
 # One kernel of each meta-template kind the CUDA templates provide, all small.
@@ -142,8 +142,8 @@ def test_fp32_outputs_get_the_runners_tolerance() -> None:
     assert compare((exact * 1.01).astype(np.float32), exact, 1024) is not None
 
 
-def _row(name: str, family: str, **kw) -> gpu.GpuRow:
-    return gpu.GpuRow(kernel=name, trials=64, gflop=1.0, family=family, **kw)
+def _row(name: str, family: str, **kw) -> gpu_report.GpuRow:
+    return gpu_report.GpuRow(kernel=name, trials=64, gflop=1.0, family=family, **kw)
 
 
 def test_ratios_point_the_right_way_and_the_baseline_is_pytorch() -> None:
@@ -160,14 +160,14 @@ def test_targets_are_met_missed_or_not_applicable() -> None:
         _row("conv_a", "conv2d", as_s=1.0, ms_s=0.8, torch_s=0.5, as_tune_s=5, ms_tune_s=10),
         _row("softmax_4096", "softmax", as_s=1.0, ms_s=1.0, torch_s=0.9),
     ]
-    verdicts = {t.label: (t.verdict, t.kernels) for t in gpu.targets(rows)}
+    verdicts = {t.label: (t.verdict, t.kernels) for t in gpu_report.targets(rows)}
     assert verdicts["speed vs MetaSchedule (geomean)"] == ("met", 3)  # (1.5 * 0.8 * 1)^(1/3)
     assert verdicts["fp32 matmul 4096³ vs cuBLAS"] == ("met", 1)  # 0.8 >= 0.7
     assert verdicts["conv2d vs cuDNN (geomean)"] == ("missed", 1)  # 0.5 < 0.8
     assert verdicts["softmax vs PyTorch (geomean)"] == ("met", 1)
     assert verdicts["layer norm vs PyTorch (geomean)"] == ("n/a", 0)
     assert verdicts["tuning wall time vs MetaSchedule (totals)"] == ("met", 2)  # 15 / 40
-    assert all("[" in t.line() for t in gpu.targets(rows))  # coloured for the console
+    assert all("[" in t.line() for t in gpu_report.targets(rows))  # coloured for the console
 
 
 def test_result_table_ends_with_geomeans_and_totals_and_renders_as_markdown() -> None:
@@ -175,11 +175,11 @@ def test_result_table_ends_with_geomeans_and_totals_and_renders_as_markdown() ->
         _row("a", "matmul", as_s=1e-3, ms_s=2e-3, torch_s=1e-3, as_tune_s=10, ms_tune_s=20),
         _row("b", "softmax", as_s=1e-3, ms_s=0.5e-3, as_check="ok", torch_check="FAIL"),
     ]
-    cells = gpu.result_cells(rows)
-    assert len(cells) == 3 and all(len(c) == len(gpu.RESULT_COLUMNS) for c in cells)
-    last = [gpu.plain(c) for c in cells[-1]]
+    cells = gpu_report.result_cells(rows)
+    assert len(cells) == 3 and all(len(c) == len(gpu_report.RESULT_COLUMNS) for c in cells)
+    last = [gpu_report.plain(c) for c in cells[-1]]
     assert last[0] == "geomean / total" and last[5] == "1.00" and last[-2] == "0.50"
-    md = gpu.markdown_table("t", gpu.RESULT_COLUMNS, cells).splitlines()
+    md = gpu_report.markdown_table("t", gpu_report.RESULT_COLUMNS, cells).splitlines()
     assert md[0] == "**t**" and md[2].startswith("| kernel | GFLOP |")
     assert md[3].startswith("| :--- | ---: |")
     assert "[" not in "".join(md[4:])  # rich markup stripped
@@ -194,6 +194,19 @@ def test_metaschedule_builds_with_as_many_workers_as_autosched() -> None:
     assert "builder_workers" in inspect.signature(tune_metaschedule).parameters
 
 
+def test_oneoff_imports_are_timed_and_printed_apart() -> None:
+    """Both benchmarks charge the one-off imports to no kernel: they time them up front."""
+    from rich.console import Console
+
+    from bench.tune_both import time_oneoff_imports
+
+    console = Console(record=True, width=200)
+    oneoff = time_oneoff_imports(console, metaschedule=False)
+    assert set(oneoff) == {"autosched_import_s"} and oneoff["autosched_import_s"] >= 0
+    printed = console.export_text()
+    assert "one-off imports (not in the tuning wall times): autosched_import_s" in printed
+
+
 # --------------------------------------------------------------------------------------
 # Dry run
 # --------------------------------------------------------------------------------------
@@ -202,7 +215,7 @@ def test_metaschedule_builds_with_as_many_workers_as_autosched() -> None:
 def test_dry_run_compiles_static_cuda_schedules_without_a_gpu(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    monkeypatch.setattr(gpu, "cuda_devices", lambda: [])  # the tag's GPU, also on a GPU host
+    monkeypatch.setattr(gpu_plan, "cuda_devices", lambda: [])  # the tag's GPU, on a GPU host too
     out = tmp_path / "plan.md"
     rc = gpu.main(["--dry-run", "--kernels", DRY_RUN_KERNELS, "--out", str(out)])
     printed = capsys.readouterr().out

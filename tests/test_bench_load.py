@@ -8,16 +8,12 @@ import random
 import numpy as np
 import pytest
 
-from bench.load import (
+from bench.load import parse_args
+from bench.load_order import Batch, JobTiming, completion_inversions, gate_inversions, merge_chunks
+from bench.load_stats import (
     LATE_S,
-    Batch,
-    JobTiming,
     Record,
-    completion_inversions,
-    gate_inversions,
     judge,
-    merge_chunks,
-    parse_args,
     percentile,
     request_count,
     send_offset,

@@ -12,11 +12,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 # bench/ is a top-level folder, not part of the installed package (see test_baselines.py).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import report
+from bench.roofline import Roofline
 
 
 def test_ms_shows_milliseconds_with_more_decimals_below_10_ms() -> None:
@@ -88,3 +90,14 @@ def test_rows_pick_their_baseline_and_keep_ratios_out_of_asdict() -> None:
 def test_table_has_the_given_columns() -> None:
     t = report.table("t", [("kernel", "left"), ("ms", "right")])
     assert [(c.header, c.justify) for c in t.columns] == [("kernel", "left"), ("ms", "right")]
+
+
+def test_roofline_header_shows_the_measured_figures() -> None:
+    console = Console(record=True, width=200)
+    report.print_roofline(console, Roofline(443.1, 11.14, 8.32, 1 << 30))
+    text = console.export_text()
+    assert "FMA peak 443 GFLOP/s" in text
+    assert "copy 11.1 GB/s" in text
+    assert "triad 8.3 GB/s" in text
+    assert "arrays of 1024 MiB" in text
+    assert "ridge 39.8 FLOP/B" in text

@@ -22,7 +22,8 @@ from autosched.db import session_factory, session_scope
 from autosched.db.models import database_time
 from autosched.hardware import detect_hardware
 from autosched.service import dispatch
-from autosched.service.dispatch import MEASURE_TASK, REMEASURE_TASK, DispatchMeasurer
+from autosched.service.device_tasks import MEASURE_TASK, REMEASURE_TASK
+from autosched.service.dispatch import DispatchMeasurer
 from autosched.service.measure_trials import measure_trials
 from autosched.service.remeasure import remeasure_trials
 from autosched.tune.trial import MeasureInput, TrialStatus

@@ -8,6 +8,7 @@ import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tvm
 from tvm import te
@@ -197,3 +198,23 @@ def test_relative_work_dir_survives_the_private_cwd(hw, tmp_path, monkeypatch):
     assert r.artifact_path is not None
     assert Path(r.artifact_path).parent == tmp_path / "artifacts"
     assert Path(r.artifact_path).exists()
+
+
+def test_half_precision_outputs_are_compared_at_their_own_precision():
+    """fp16 sums rounded in another order pass; an output off by its own size still fails;
+    fp32 keeps its tight tolerance."""
+    from autosched.tune.runner_handlers import compare_to_reference
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(-1, 1, (64, 256)).astype(np.float16)
+    b = rng.uniform(-1, 1, (256, 64)).astype(np.float16)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    summed = np.zeros((64, 64), np.float16)  # one fp16 rounding per partial sum
+    for i in range(256):
+        summed = (summed + np.outer(a[:, i], b[i]).astype(np.float16)).astype(np.float16)
+    ref = exact.astype(np.float16)
+    assert compare_to_reference(summed, ref, 1e-4, 1e-4, 256) is None
+    assert compare_to_reference(np.zeros_like(ref), ref, 1e-4, 1e-4, 256) is not None
+    assert compare_to_reference(-summed, ref, 1e-4, 1e-4, 256) is not None
+    ref32 = exact.astype(np.float32)
+    assert compare_to_reference(ref32 * np.float32(1.001), ref32, 1e-4, 1e-4, 256) is not None

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from autosched import cli
 from autosched.cli import client_commands
-from autosched.client import Client, apply_schedule, build_schedule, format_trace
+from autosched.client import Client, format_trace
 from autosched.errors import (
     ApiError,
     AuthenticationError,
@@ -26,6 +26,7 @@ from autosched.errors import (
     PermissionDeniedError,
     QuotaExceededError,
 )
+from autosched.fetched_schedule import apply_schedule, build_schedule
 from autosched.schemas import (
     BestSchedule,
     JobDetail,
@@ -38,6 +39,7 @@ from autosched.schemas import (
     WorkloadView,
 )
 from autosched.settings import Settings
+from tests import farm_support
 
 URL = "http://api.test"
 KEY = "v1-0123456789abcdef"  # a well-formed workload key (the schemas check the shape)
@@ -181,15 +183,7 @@ BEST = {
 
 @pytest.fixture(scope="module")
 def matmul():
-    from tvm import te
-
-    from autosched.wire import Workload
-
-    a = te.placeholder((64, 64), name="A")
-    b = te.placeholder((64, 64), name="B")
-    k = te.reduce_axis((0, 64), name="k")
-    c = te.compute((64, 64), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
-    return Workload.from_tensors([a, b, c], "mm")
+    return farm_support.matmul(64, 64, 64, "mm")
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,14 @@ from tvm import s_tir, te, tirx, topi
 
 from autosched import zoo
 from autosched.analysis import MetaTemplateKind, StageInfo, analyze
-from autosched.hardware import detect_gpu_hardware
+from autosched.gpu_hardware import detect_gpu_hardware
 from autosched.schedule import apply_config, build_template, static_config
 from autosched.space import Config
 from autosched.templates import ApplyState, TemplateContext
 from autosched.templates.cuda.complex_reduction import CudaComplexReduction
 from tests.cuda_support import (
+    COMPLEX_REDUCTION_KERNELS,
+    TensorBuilder,
     assert_valid_cuda,
     compile_cuda,
     kernels,
@@ -30,6 +32,7 @@ from tests.cuda_support import (
     nvcc_available,
     ptxas_report,
     shared_bytes,
+    zoo_builders,
 )
 
 RANDOM_CONFIGS = 20
@@ -53,24 +56,9 @@ def _matmul(m: int, n: int, k: int, dtype: str = "float32") -> list[te.Tensor]:
     return [a, b, te.compute((m, n), lambda i, j: te.sum(a[i, r] * b[r, j], axis=r), name="C")]
 
 
-def _zoo(name: str) -> Callable[[], list[te.Tensor]]:
-    return lambda: zoo.tensors(name)
-
-
 #: Every complex-reduction shape the issue names, plus one with no other stage and one in fp16.
-WORKLOADS: dict[str, Callable[[], list[te.Tensor]]] = {
-    **{
-        name: _zoo(name)
-        for name in (
-            "matmul_512",
-            "matmul_awkward",
-            "batch_matmul",
-            "conv2d_resnet_c2",
-            "conv2d_resnet_1x1",
-            "conv2d_resnet_c4_s2",
-            "depthwise_conv2d",
-        )
-    },
+WORKLOADS: dict[str, TensorBuilder] = {
+    **zoo_builders(COMPLEX_REDUCTION_KERNELS),
     "conv_nhwc_valid": _conv_nhwc_valid,
     "matmul_fp16": lambda: _matmul(128, 192, 256, "float16"),
 }

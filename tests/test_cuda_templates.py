@@ -6,19 +6,19 @@ keeps within the card's limits and does what the knobs say."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 import tvm
 from tvm import te, tirx, topi
 
-from autosched import zoo
 from autosched.analysis import MetaTemplateKind, analyze
-from autosched.hardware import detect_gpu_hardware
+from autosched.gpu_hardware import detect_gpu_hardware
 from autosched.schedule import apply_config, build_template, static_config
 from autosched.space import Config
 from tests.cuda_support import (
+    OTHER_TEMPLATE_KERNELS,
+    TensorBuilder,
     assert_valid_cuda,
     compile_cuda,
     has_cross_thread_reduction,
@@ -27,6 +27,7 @@ from tests.cuda_support import (
     nvcc_available,
     ptxas_report,
     shared_bytes,
+    zoo_builders,
 )
 
 RANDOM_CONFIGS = 20
@@ -93,22 +94,8 @@ def _argmax() -> list[te.Tensor]:
     return [x, topi.argmax(x, axis=1)]
 
 
-def _zoo(name: str) -> Callable[[], list[te.Tensor]]:
-    return lambda: zoo.tensors(name)
-
-
-WORKLOADS: dict[str, Callable[[], list[te.Tensor]]] = {
-    **{
-        name: _zoo(name)
-        for name in (
-            "softmax",
-            "layer_norm",
-            "row_sum",
-            "max_pool",
-            "elementwise_chain",
-            "transpose",
-        )
-    },
+WORKLOADS: dict[str, TensorBuilder] = {
+    **zoo_builders(OTHER_TEMPLATE_KERNELS),
     "awkward_elementwise": _awkward_elementwise,
     "middle_axis_sum": _middle_axis_sum,
     "reshape_then_reduce": _reshape_then_reduce,

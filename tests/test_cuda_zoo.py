@@ -9,28 +9,19 @@ import random
 import pytest
 
 from autosched import zoo
-from autosched.hardware import detect_gpu_hardware
+from autosched.gpu_hardware import detect_gpu_hardware
 from autosched.schedule import apply_config, build_template, static_config
-from tests.cuda_support import assert_valid_cuda, compile_cuda
+from tests.cuda_support import (
+    COMPLEX_REDUCTION_KERNELS,
+    OTHER_TEMPLATE_KERNELS,
+    assert_valid_cuda,
+    compile_cuda,
+)
 
 RANDOM_CONFIGS = 20
 #: Swept with as many random configs by the template's own tests
 #: (test_cuda_complex_reduction.py, test_cuda_templates.py): not built twice.
-SWEPT_ELSEWHERE = {
-    "matmul_512",
-    "matmul_awkward",
-    "batch_matmul",
-    "conv2d_resnet_c2",
-    "conv2d_resnet_1x1",
-    "conv2d_resnet_c4_s2",
-    "depthwise_conv2d",
-    "softmax",
-    "layer_norm",
-    "row_sum",
-    "max_pool",
-    "elementwise_chain",
-    "transpose",
-}
+SWEPT_ELSEWHERE = {*COMPLEX_REDUCTION_KERNELS, *OTHER_TEMPLATE_KERNELS}
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -35,6 +34,7 @@ from autosched.vocabulary import TERMINAL_JOB_STATES, JobState
 from services.api import create_app
 from tests.api_support import add_trial, db, matmul
 from tests.dashboard_support import register_worker, seed_job
+from tests.fault_support import free_port
 
 CHROMIUM = os.environ.get("AUTOSCHED_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -50,12 +50,6 @@ CHROMIUM_ARGS = [
 SHOTS = Path("/tmp/autosched-screenshots")
 EXPECTED_CONSOLE = re.compile(r"Failed to load resource: .* status of 40[13] ")
 TIMEOUT_MS = 15_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +161,7 @@ def live(tmp_path_factory) -> Iterator[tuple[LiveServer, str, str]]:
     with db(url) as session:
         token = create_token(session, "dash-admin", ["admin"]).token
     settings = Settings(
-        database_url=url, data_dir=data, api_port=_free_port(), auth_required=True,
+        database_url=url, data_dir=data, api_port=free_port(), auth_required=True,
         anonymous_reads=True,
     )  # fmt: skip
     with LiveServer(settings) as server:
@@ -353,7 +347,7 @@ def test_token_unlocks_reads(page, tmp_path):
         token = create_token(session, "dash-reader", ["submit"]).token
         worker = create_token(session, "dash-worker", ["worker"], [device]).token
     settings = Settings(
-        database_url=url, data_dir=tmp_path, api_port=_free_port(), auth_required=True,
+        database_url=url, data_dir=tmp_path, api_port=free_port(), auth_required=True,
         anonymous_reads=False,
     )  # fmt: skip
     with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=30) as api:
@@ -429,7 +423,7 @@ def test_real_tuning_job(page, tmp_path, device_key):
     from autosched.service.embedded import EmbeddedService
 
     data = tmp_path / "service"
-    svc = EmbeddedService(Settings(data_dir=data, api_port=_free_port()), [device_key])
+    svc = EmbeddedService(Settings(data_dir=data, api_port=free_port()), [device_key])
     svc.start()
     try:
         token = (data / "token").read_text().strip()

@@ -25,6 +25,7 @@ from autosched.db.migrate import (
 )
 from autosched.errors import SchemaError
 from autosched.settings import Settings
+from tests.fault_outcome import FaultOutcome
 from tests.fault_support import PrivatePostgres, start_together
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +55,7 @@ def _env(url: str, **extra: str) -> dict[str, str]:
     return {**env, "DATABASE_URL": url, **extra}
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_concurrent_migrators_serialize(backend: str, request, tmp_path) -> None:
     """Five migrators released at one instant on a new database: every one exits 0, exactly
@@ -62,10 +64,20 @@ def test_concurrent_migrators_serialize(backend: str, request, tmp_path) -> None
         url = request.getfixturevalue("private_pg_url")
     else:
         url = f"sqlite:///{tmp_path / 'race.db'}"
+    started = time.monotonic()
     codes, migrated = start_together(upgrade_database, [(url,)] * 5)
+    state = current_state(url)
+    migrations = sum(bool(m) for m in migrated)
+    FaultOutcome(
+        f"migrators_started_at_once_{backend}",
+        budget=1,  # one migration to head
+        recorded=migrations,
+        duplicates=max(0, migrations - 1),
+        lost=int(codes.count(0) != 5 or not state.at_head),  # a migrator failed, or no head
+        recover_s=time.monotonic() - started,
+    ).check()
     assert codes == [0] * 5
     assert sorted(migrated) == [False] * 4 + [True]
-    state = current_state(url)
     assert state.at_head and not state.unknown
     assert _versions(url) == list(state.heads)
 

@@ -246,7 +246,7 @@ def test_a_celery_worker_on_the_embedded_broker_leaves_no_rows(tmp_path: Path, d
     import re
 
     from autosched.db.session import session_factory, upgrade_database
-    from autosched.service.dispatch import MEASURE_TASK, device_queue
+    from autosched.service.device_tasks import MEASURE_TASK, device_queue
     from tests.farm_support import online, service_env, start, stop, wait_for
 
     app = _embedded_app(tmp_path)

@@ -28,11 +28,11 @@ from autosched.db.models import utcnow
 from autosched.hardware import detect_hardware
 from autosched.schedule import build_template, static_config
 from autosched.service import farm
-from autosched.service.dispatch import DispatchMeasurer, isolate
+from autosched.service.device_tasks import isolate
+from autosched.service.dispatch import DispatchMeasurer
 from autosched.service.measure_trials import FailurePolicy, measure_trials
 from autosched.service.sql_database import SQLDatabase
 from autosched.service.workloads import ensure_template
-from autosched.settings import Settings
 from autosched.tune.measure import LocalMeasurer, Measurer
 from autosched.tune.trial import Fault, MeasureInput, MeasureResult, TrialStatus, classify
 from autosched.vocabulary import TrialState
@@ -40,19 +40,22 @@ from tests.api_support import api_client
 from tests.farm_support import (
     FakeMeasurer,
     create_job,
-    job,
     kill,
     matmul,
     online,
     register_worker,
     salted_matmul,
+    scheduler_thread,
     service_env,
+    service_settings,
     start,
     stop,
     store,
     trials_of,
     wait_for,
+    wait_for_job_end,
 )
+from tests.fault_outcome import check_jobs
 
 HW = detect_hardware()
 TARGET = HW.target_key
@@ -356,30 +359,18 @@ STARTUP_S = 90
 
 
 @pytest.mark.slow  # fault injection: SIGKILL, three times
+@pytest.mark.fault
 def test_a_poison_trial_is_quarantined_and_the_job_completes(pg_url, redis_url, tmp_path):
     """Four workers; the test SIGKILLs whichever claims the job's first trial (its static
     config, measured alone). After three dead workers the reaper quarantines it, and the
     job finishes its budget on the fourth with nothing recorded twice."""
-    from services.scheduler.main import run_scheduler
-
     key = f"test-poison-{uuid.uuid4().hex[:8]}"
     env = service_env(tmp_path, pg_url, redis_url)
     procs = {}
     factory = session_factory(pg_url)
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=pg_url,
-        redis_url=redis_url,
-        heartbeat_interval_s=0.5,
-        heartbeat_timeout_s=3,
-        batch_size=4,
-    )
+    settings = service_settings(tmp_path, pg_url, redis_url)
     # The reaper in the scheduler thread reads the cap from this process's settings.
     assert os.environ.get("AUTOSCHED_MAX_TRIAL_ATTEMPTS") in (None, "3")
-    stopping = threading.Event()
-    scheduler = threading.Thread(
-        target=run_scheduler, args=(settings, stopping), kwargs={"poll_s": 0.2}, daemon=True
-    )
     try:
         for i in range(4):
             proc = start("workers.main", env, tmp_path / f"worker-{i}.log", "--device-key", key)
@@ -388,42 +379,36 @@ def test_a_poison_trial_is_quarantined_and_the_job_completes(pg_url, redis_url, 
         workload = salted_matmul("poison")
         store(factory, workload)
         job_id = create_job(factory, [workload.key], key, trials=8)
-        scheduler.start()
-        first = wait_for(lambda: trials_of(factory, job_id), 60, "the first trial")[0].id
-        killed: list[str] = []
-        first_kill = 0.0
-        while len(killed) < 3:
-            trial = wait_for(
-                lambda: (
-                    (t := _trial(factory, first)).state == TrialState.RUNNING
-                    and t.worker_id not in killed
-                    and t
-                ),
-                120,
-                f"the poison trial claimed (killed {len(killed)} so far)",
-                poll=0.02,
+        with scheduler_thread(settings):
+            first = wait_for(lambda: trials_of(factory, job_id), 60, "the first trial")[0].id
+            killed: list[str] = []
+            first_kill = 0.0
+            while len(killed) < 3:
+                trial = wait_for(
+                    lambda: (
+                        (t := _trial(factory, first)).state == TrialState.RUNNING
+                        and t.worker_id not in killed
+                        and t
+                    ),
+                    120,
+                    f"the poison trial claimed (killed {len(killed)} so far)",
+                    poll=0.02,
+                )
+                pid = int(trial.worker_id.split(":")[1])  # worker ids are host:pid:uuid
+                kill(procs[pid], signal.SIGKILL)
+                killed.append(trial.worker_id)
+                first_kill = first_kill or time.monotonic()
+            wait_for(
+                lambda: _trial(factory, first).state == TrialState.DONE, 60, "the trial quarantined"
             )
-            pid = int(trial.worker_id.split(":")[1])  # worker ids are host:pid:uuid
-            kill(procs[pid], signal.SIGKILL)
-            killed.append(trial.worker_id)
-            first_kill = first_kill or time.monotonic()
-        wait_for(
-            lambda: _trial(factory, first).state == TrialState.DONE, 60, "the trial quarantined"
-        )
-        recovered = time.monotonic() - first_kill
-        print(f"poison trial quarantined {recovered:.1f} s after the first kill")
-        ended = wait_for(
-            lambda: (j := job(factory, job_id)).state in ("succeeded", "failed") and j,
-            240,
-            "the job ended",
-        )
+            recovered = time.monotonic() - first_kill
+            print(f"poison trial quarantined {recovered:.1f} s after the first kill")
+            ended = wait_for_job_end(factory, job_id, 240)
         assert ended.state == "succeeded", ended.error
     finally:
-        stopping.set()
         for proc in procs.values():
             stop(proc)
-        if scheduler.is_alive():
-            scheduler.join(60)
+    check_jobs("trial_kills_its_worker", factory, [job_id], 8, recovered)
     trials = trials_of(factory, job_id)
     poison = next(t for t in trials if t.id == first)
     assert poison.state == TrialState.DONE and poison.status == TrialStatus.ENV_ERROR
@@ -467,29 +452,17 @@ def test_a_reference_that_failed_on_a_full_disk_is_computed_again_later(full_dis
 
 
 @pytest.mark.slow  # real worker processes, one on a full disk
+@pytest.mark.fault
 def test_a_worker_on_a_full_disk_quarantines_itself_and_the_job_completes(
     pg_url, redis_url, tmp_path, full_disk
 ):
     """Two workers; one's work directory is on a full tmpfs.
     Its first trials fail for lack of space: they go back to the queue, it quarantines
     itself and stops consuming, and the other worker measures the whole budget."""
-    from services.scheduler.main import run_scheduler
-
     key = f"test-disk-{uuid.uuid4().hex[:8]}"
     env = service_env(tmp_path, pg_url, redis_url, AUTOSCHED_WORKER_QUARANTINE_AFTER="2")
     factory = session_factory(pg_url)
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=pg_url,
-        redis_url=redis_url,
-        heartbeat_interval_s=0.5,
-        heartbeat_timeout_s=3,
-        batch_size=4,
-    )
-    stopping = threading.Event()
-    scheduler = threading.Thread(
-        target=run_scheduler, args=(settings, stopping), kwargs={"poll_s": 0.2}, daemon=True
-    )
+    settings = service_settings(tmp_path, pg_url, redis_url)
     healthy = start("workers.main", env, tmp_path / "healthy.log", "--device-key", key)
     sick_env = {**env, "AUTOSCHED_WORKER_WORK_ROOT": str(full_disk)}
     sick = start("workers.main", sick_env, tmp_path / "sick.log", "--device-key", key)
@@ -501,24 +474,20 @@ def test_a_worker_on_a_full_disk_quarantines_itself_and_the_job_completes(
         workload = salted_matmul("full_disk")
         store(factory, workload)
         job_id = create_job(factory, [workload.key], key, trials=8)
-        scheduler.start()
-        ended = wait_for(
-            lambda: (j := job(factory, job_id)).state in ("succeeded", "failed") and j,
-            240,
-            "the job ended",
-        )
+        with scheduler_thread(settings):
+            ended = wait_for_job_end(factory, job_id, 240)
         assert ended.state == "succeeded", ended.error
         with session_scope(factory) as session:
             worker = session.get(Worker, sick_id)
             reason = worker.quarantine_reason
             assert reason and "No space left on device" in reason
             assert worker.state == "online"  # it still heartbeats
+            contained_s = (worker.quarantined_at - ended.started_at).total_seconds()
     finally:
-        stopping.set()
         stop(sick)
         stop(healthy)
-        if scheduler.is_alive():
-            scheduler.join(60)
+    # Recovered: the sick worker out of the way (quarantined), counted from the job's start.
+    check_jobs("worker_disk_full", factory, [job_id], 8, contained_s)
     trials = trials_of(factory, job_id)
     assert len(trials) == 8 and all(t.state == TrialState.DONE for t in trials)
     assert all(t.status == TrialStatus.OK and t.worker_id != sick_id for t in trials)

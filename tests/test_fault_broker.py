@@ -9,11 +9,12 @@ empty and sends them again after ``trial_unclaimed_resend_s`` (a few seconds her
 default), and keeps the trials it cannot publish while Redis is down. Every job must end
 with exactly its budget, no config twice, every result recorded once (the workers' own log
 lines count what they stored) and the best config equal to the fastest verified trial. The
-time from Redis being back to the lost trials being sent and claimed again is printed.
+time from Redis being back to the lost trials being sent and claimed again is printed, and
+after the long outage the time the workers took to reconnect (``RECONNECT_BACKOFF``).
 
 The last test checks the settings compose and ``deploy/`` choose (append-only file,
 password) on a private server: with them a restart loses nothing in the first place.
-Run alone: ``pytest -m slow tests/test_fault_broker.py -s`` (under 3 minutes a test).
+Run alone: ``pytest -m fault tests/test_fault_broker.py -s`` (under 3 minutes a test).
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ from autosched.tune.trial import TrialStatus
 from autosched.vocabulary import TrialState
 from autosched.wire import Workload
 from tests.farm_support import online, start, stop
+from tests.fault_outcome import FaultOutcome, check_jobs, results_recorded
 from tests.fault_support import PrivateRedis, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.fault]
 
 UNCLAIMED_RESEND_S = 4.0
 #: Re-sent within this of Redis being back: the unclaimed wait plus the scheduler's poll and
@@ -46,6 +48,10 @@ RESEND_BOUND_S = UNCLAIMED_RESEND_S + 30
 #: (name, n, trials): the job under test, and two more so that batches queue on the device.
 JOBS = [("broker_a", 40, 24), ("broker_b", 36, 12), ("broker_c", 44, 12)]
 OUTAGE_S = 60.0  # longer than a publish retries (~50 s): a send fails and is tried again
+#: A worker retries the broker every 2 s at most (``RECONNECT_BACKOFF``); kombu's default
+#: backoff had it back up to 16 s after a minute's outage.
+REJOIN_BOUND_S = 10.0
+WORKER_CONNECTED = "Connected to redis://"
 
 
 def _matmul(name: str, n: int) -> Workload:
@@ -175,15 +181,27 @@ def _resent(run: Running, before: dict[int, int]) -> bool:
 
 def _recover(
     run: Running, lost: list[int], before: dict[int, int], timeout: float
-) -> tuple[str, float]:
+) -> tuple[str, float, float]:
     """Wait for the lost trials to be sent again, then claimed: both times as text, and
-    the seconds until re-sent."""
+    the seconds until re-sent and until claimed."""
     back = time.monotonic()
     _wait(lambda: _resent(run, before), timeout, f"lost trials {lost} to be sent again")
     resent = time.monotonic() - back
     _wait(lambda: _claimed(run, lost), timeout, f"lost trials {lost} to be claimed again")
     claimed = time.monotonic() - back
-    return f"re-sent {resent:.1f} s and claimed {claimed:.1f} s after Redis was back", resent
+    text = f"re-sent {resent:.1f} s and claimed {claimed:.1f} s after Redis was back"
+    return text, resent, claimed
+
+
+def _connections(run: Running) -> list[int]:
+    """How often each worker has connected to the broker so far (Celery logs each)."""
+    logs = sorted((run.service.settings.data_dir / "logs").glob("worker-*.log"))
+    return [p.read_text(errors="replace").count(WORKER_CONNECTED) for p in logs]
+
+
+def _rejoined(run: Running, before: list[int]) -> bool:
+    now = _connections(run)
+    return len(now) == len(before) and all(n > b for n, b in zip(now, before, strict=True))
 
 
 def _claimed(run: Running, ids: list[int]) -> bool:
@@ -194,7 +212,9 @@ def _claimed(run: Running, ids: list[int]) -> bool:
     return left == 0
 
 
-def _check_exact(run: Running, jobs: dict[int, tuple[str, int]]) -> None:
+def _check_exact(
+    run: Running, jobs: dict[int, tuple[str, int]], fault: str, recover_s: float
+) -> None:
     """Every job succeeded with exactly its budget, nothing recorded twice, nothing lost."""
     with Client(run.service.url, token=run.token) as client:
         for job_id in jobs:
@@ -221,7 +241,9 @@ def _check_exact(run: Running, jobs: dict[int, tuple[str, int]]) -> None:
         assert best[key].latency == pytest.approx(min(t.latency for t in ok))
     # Each result stored once: what the workers say they recorded adds up to the trials.
     worker_logs = run.logs("worker-")
-    recorded = sum(int(n) for n in re.findall(r"; recorded (\d+) of \d+ claimed", worker_logs))
+    recorded = results_recorded(worker_logs, jobs)
+    budget = sum(b for _, b in jobs.values())
+    check_jobs(fault, run.factory, list(jobs), budget, recover_s, stored=recorded)
     assert recorded == len(trials), f"workers recorded {recorded} results for {len(trials)}"
     remeasured = [t for t in trials if t.remeasured_at is not None]
     again = sum(int(n) for n in re.findall(r"got faster; recorded (\d+)", worker_logs))
@@ -236,12 +258,12 @@ def test_redis_restart_loses_queued_batches_and_the_jobs_finish_exactly(running:
     waiting = run.redis.cli("llen", run.queue)
     run.redis.stop()  # SHUTDOWN NOSAVE: the queue and every unacked message are gone
     run.redis.start()
-    times, resent = _recover(run, lost, before, 60)
+    times, resent, claimed = _recover(run, lost, before, 60)
     print(
         f"\nRedis restart (nosave) with {waiting} messages queued: {len(lost)} unclaimed "
         f"trials {times} (trial_unclaimed_resend_s={UNCLAIMED_RESEND_S:g})"
     )
-    _check_exact(run, jobs)
+    _check_exact(run, jobs, "redis_restart_nosave_queues_lost", claimed)
     assert resent < RESEND_BOUND_S
     with session_scope(run.factory) as session:
         counts = session.scalars(select(Trial.dispatch_count).where(Trial.id.in_(lost))).all()
@@ -254,6 +276,7 @@ def test_redis_down_for_a_while_delays_the_jobs_and_loses_nothing(running: Runni
     jobs = _submit(run)
     lost = _wait(lambda: _queued_behind_busy_workers(run), 120, "batches queued in Redis")
     before = _dispatch_counts(run, lost)
+    connected = _connections(run)
     run.redis.stop()
     down = time.monotonic()
     time.sleep(OUTAGE_S)
@@ -262,16 +285,21 @@ def test_redis_down_for_a_while_delays_the_jobs_and_loses_nothing(running: Runni
             select(func.count()).where(Trial.job_id.in_(list(jobs)), Trial.state == TrialState.DONE)
         )
     run.redis.start()
-    outage = time.monotonic() - down
-    times, resent = _recover(run, lost, before, 90)
+    back = time.monotonic()
+    outage = back - down
+    _wait(lambda: _rejoined(run, connected), 60, "both workers to reconnect", 0.1)
+    rejoin = time.monotonic() - back
+    times, resent, claimed = _recover(run, lost, before, 90)
     # Whether a publish outlived Celery's retries (~50 s) depends on when the scheduler
     # first sent during the outage; either way it went through, or was sent again.
     refused = run.logs("scheduler").count("broker refused a publish")
     print(
         f"\nRedis stopped {outage:.0f} s ({done_while_down} trials done meanwhile, "
-        f"{refused} publishes refused and sent again): {len(lost)} lost trials {times}"
+        f"{refused} publishes refused and sent again): workers reconnected {rejoin:.1f} s "
+        f"after Redis was back; {len(lost)} lost trials {times}"
     )
-    _check_exact(run, jobs)
+    _check_exact(run, jobs, "redis_down_60s", rejoin + claimed)
+    assert rejoin < REJOIN_BOUND_S, f"workers took {rejoin:.1f} s to reconnect"
     # A publish blocked in its retries goes through within a retry interval (3 s) of Redis
     # being back; a lost trial is re-sent once unclaimed that long with the queue empty.
     assert resent < RESEND_BOUND_S
@@ -283,7 +311,7 @@ def test_the_chosen_redis_settings_keep_the_queue_across_a_restart(device_key):
     import redis
 
     from autosched.service.celery_app import make_celery, queue_depth
-    from autosched.service.dispatch import MEASURE_TASK, device_queue
+    from autosched.service.device_tasks import MEASURE_TASK, device_queue
 
     with PrivateRedis(persistence=True, password="s3cret-broker") as server:
         settings = Settings(redis_url=server.url, database_url="sqlite:///unused.db")
@@ -292,8 +320,17 @@ def test_the_chosen_redis_settings_keep_the_queue_across_a_restart(device_key):
         for i in range(5):
             app.send_task(MEASURE_TASK, args=[[i]], queue=queue)
         assert queue_depth(app, queue) == 5
+        down = time.monotonic()
         server.restart()  # SHUTDOWN NOSAVE: only the append-only file survives
-        assert queue_depth(app, queue) == 5
+        kept = queue_depth(app, queue) or 0
+        FaultOutcome(
+            "redis_restart_append_only",
+            budget=5,
+            recorded=kept,
+            duplicates=max(0, kept - 5),
+            lost=max(0, 5 - kept),
+            recover_s=time.monotonic() - down,
+        ).check()
         anonymous = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=5)
         with pytest.raises(redis.AuthenticationError):
             anonymous.llen(queue)

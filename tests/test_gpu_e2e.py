@@ -8,20 +8,19 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 
 import pytest
-from tvm import te
 
 from autosched.client import Client
-from autosched.hardware import detect_gpu_hardware
+from autosched.gpu_hardware import detect_gpu_hardware
 from autosched.schedule import build_template, static_config
 from autosched.service.embedded import EmbeddedService
 from autosched.settings import Settings
 from autosched.tune.replay_runner import NOT_RECORDED, Recorded, write_recording
-from autosched.wire import Workload
+from tests.farm_support import matmul
+from tests.fault_support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -30,22 +29,8 @@ H100 = "nvidia/nvidia-h100"
 STATIC_LATENCIES = (41e-6, 40e-6, 42e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _matmul(n: int = 128) -> Workload:
-    a = te.placeholder((n, n), name="A")
-    b = te.placeholder((n, n), name="B")
-    k = te.reduce_axis((0, n), name="k")
-    c = te.compute((n, n), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
-    return Workload.from_tensors([a, b, c], "gpu_e2e_matmul")
-
-
 def test_a_gpu_worker_tunes_and_a_client_fetches_the_cuda_schedule(tmp_path) -> None:
-    workload = _matmul()
+    workload = matmul(128, 128, 128, "gpu_e2e_matmul")
     hw = detect_gpu_hardware(tag=H100)
     # The recording: the static config and a few others, as a GPU host would have measured
     # them; the search proposes other configs too, which the replay runner refuses.
@@ -60,7 +45,7 @@ def test_a_gpu_worker_tunes_and_a_client_fetches_the_cuda_schedule(tmp_path) -> 
         + [Recorded(workload.key, c.to_json(), (80e-6,)) for c in others],
     )
 
-    settings = Settings(data_dir=tmp_path / "state", api_port=_free_port())
+    settings = Settings(data_dir=tmp_path / "state", api_port=free_port())
     gpu_worker = ["--device", "cuda:0", "--gpu-tag", H100, "--replay", str(recording)]
     service = EmbeddedService(
         settings, device_keys=[], worker_args=[[*gpu_worker, "--device-key", DEVICE_KEY]]

@@ -12,16 +12,9 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from autosched.errors import ConfigError, InvalidHardwareError
-from autosched.hardware import (
-    GpuParams,
-    HardwareParams,
-    HostDescription,
-    describe_host,
-    detect_gpu_hardware,
-    gpu_from_tag,
-    reference_target,
-    target_json,
-)
+from autosched.gpu_hardware import detect_gpu_hardware, gpu_from_tag
+from autosched.hardware import GpuParams, HardwareParams, reference_target, target_json
+from autosched.host_description import HostDescription, describe_host
 from autosched.schemas import TargetKey
 from autosched.settings import get_settings
 from autosched.space import Config, ProductLimit, StageSpace, Template, TileKnob
@@ -74,6 +67,10 @@ def test_gpu_hardware_round_trips_and_is_checked_like_any_report(gpu_hw) -> None
         HostDescription.from_report({**report, "gpu": {**report["gpu"], "arch": "sm_90; rm"}})
     with pytest.raises(InvalidHardwareError, match="exactly the keys"):
         HostDescription.from_report({**report, "gpu": {**report["gpu"], "extra": 1}})
+    device = {"index": 0, "name": "H200", "compute_version": "9.0"}
+    device |= {"multi_processor_count": 132, "max_threads_per_block": -1}
+    with pytest.raises(InvalidHardwareError, match=r"^hardware\.cuda_devices\[0\]\.max_threads"):
+        HostDescription.from_report({**report, "cuda_devices": [device]})
     with pytest.raises(InvalidHardwareError, match="only then"):
         HardwareParams.from_json({**report, "kind": "llvm"})
     with pytest.raises(InvalidHardwareError, match="only then"):

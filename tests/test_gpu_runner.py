@@ -10,7 +10,7 @@ through ``LocalBuilder`` that uses a static config.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import lzma
 import math
@@ -28,7 +28,9 @@ import pytest
 import tvm
 from tvm import te
 
-from autosched.hardware import HardwareParams, cuda_devices, detect_gpu_hardware
+from autosched.gpu_hardware import detect_gpu_hardware
+from autosched.hardware import HardwareParams
+from autosched.host_description import cuda_devices
 from autosched.schedule import static_config
 from autosched.tune import cuda_build
 from autosched.tune.builder import LocalBuilder
@@ -327,21 +329,14 @@ def test_kit_run_without_a_gpu_says_why(tmp_path):
     assert "no CUDA device cuda:0 on this worker" in error or "libcuda" in error
 
 
-def _kit_module() -> Any:
-    spec = importlib.util.spec_from_file_location("gpu_kit", KIT_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gpu_kit", module)  # dataclasses look their module up there
-    spec.loader.exec_module(sys.modules["gpu_kit"])
-    return sys.modules["gpu_kit"]
-
-
-def test_full_kit_compiler_travels_in_two_parts(tmp_path):
-    kit_module = _kit_module()
+def test_full_kit_compiler_travels_in_two_parts(tmp_path, monkeypatch):
+    # The kit's modules import their siblings, as `python scripts/gpu_kit.py` lets them.
+    monkeypatch.syspath_prepend(str(Path(KIT_SCRIPT).parent))
+    kit_module = importlib.import_module("gpu_kit_full")
     library = os.urandom(3000) * 3
     info = kit_module.write_compiler_parts(lzma.compress(library), tmp_path, 700)
     dest, stage = tmp_path / "libtvm_compiler.so", tmp_path / "stage"
-    restore = kit_module._restore_compiler
+    restore = kit_module.restore_compiler
     assert restore(tmp_path / "b", stage, info, dest) is None  # part a still beside b
     assert dest.read_bytes() == library
     (tmp_path / "a" / f"{kit_module.COMPILER_PARTS}0").rename(tmp_path / "a0")

@@ -2,7 +2,7 @@
 changes exactly the states it may start from, a stale holder changes nothing, and the API's
 cancel is a move like the others. Then a real fault: the private PostgreSQL restarted in
 the middle of a job run by the scheduler's own loop; the job still succeeds with exactly its
-budget and nothing recorded twice (run alone: ``pytest -m slow tests/test_job_state.py -s``).
+budget and nothing recorded twice (run alone: ``pytest -m fault tests/test_job_state.py -s``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from autosched.db import Job, session_factory, session_scope, upgrade_database
 from autosched.db.models import utcnow
 from autosched.service import farm, job_state
-from autosched.service.dispatch import REMEASURE_TASK
+from autosched.service.device_tasks import REMEASURE_TASK
 from autosched.service.job_state import TRANSITIONS, Move, allowed, is_transient
 from autosched.service.measure_trials import measure_trials
 from autosched.service.remeasure import remeasure_trials
@@ -33,10 +33,13 @@ from tests.farm_support import (
     job,
     matmul,
     register_worker,
+    scheduler_thread,
     store,
     trials_of,
     wait_for,
+    wait_for_job_end,
 )
+from tests.fault_outcome import check_jobs
 
 HOLDER = "s1"
 
@@ -215,11 +218,10 @@ class SlowFarm:
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 def test_a_postgresql_restart_mid_job_loses_and_repeats_nothing(
     private_pg, private_pg_url, device_key, monkeypatch
 ):
-    from services.scheduler.main import run_scheduler
-
     upgrade_database(private_pg_url)
     factory = session_factory(private_pg_url)
     app = SlowFarm(factory, register_worker(factory, device_key))
@@ -233,35 +235,24 @@ def test_a_postgresql_restart_mid_job_loses_and_repeats_nothing(
         batch_size=4,
         trial_unclaimed_resend_s=5,
     )
-    stop = threading.Event()
-    scheduler = threading.Thread(
-        target=run_scheduler, args=(settings, stop), kwargs={"poll_s": 0.2}, daemon=True
-    )
-    scheduler.start()
     try:
-        wait_for(lambda: len(done_trials(factory, job_id)) >= 8, 60, "a third of the budget")
-        with app.lock:  # between two batches of the worker
-            before = len(done_trials(factory, job_id))
-            private_pg.restart()
-            back = time.monotonic()
-        assert before < BUDGET, "the job ended before the fault"
-        wait_for(
-            lambda: len(done_trials(factory, job_id)) > before, 60, "a trial after the restart"
-        )
-        print(
-            f"\nPostgreSQL restarted after {before} trials; recovered in "
-            f"{time.monotonic() - back:.1f} s"
-        )
-        ended = wait_for(
-            lambda: job(factory, job_id).state in TERMINAL_JOB_STATES and job(factory, job_id),
-            90,
-            "the job to end",
-        )
+        with scheduler_thread(settings):
+            wait_for(lambda: len(done_trials(factory, job_id)) >= 8, 60, "a third of the budget")
+            with app.lock:  # between two batches of the worker
+                before = len(done_trials(factory, job_id))
+                private_pg.restart()
+                back = time.monotonic()
+            assert before < BUDGET, "the job ended before the fault"
+            wait_for(
+                lambda: len(done_trials(factory, job_id)) > before, 60, "a trial after the restart"
+            )
+            recover_s = time.monotonic() - back
+            print(f"\nPostgreSQL restarted after {before} trials; recovered in {recover_s:.1f} s")
+            ended = wait_for_job_end(factory, job_id, 90)
     finally:
-        stop.set()
-        scheduler.join(30)
         app.close()
     assert ended.state == JobState.SUCCEEDED, ended.error
+    check_jobs("postgres_restart_in_process", factory, [job_id], BUDGET, recover_s, app.stored)
     trials = trials_of(factory, job_id)
     assert len(trials) == BUDGET and all(t.state == "done" for t in trials)
     assert len({t.config_digest for t in trials}) == BUDGET  # no config twice

@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,8 @@ import pytest
 
 from autosched.db import session_factory
 from autosched.logs import configure_logging, log_context, make_handler
-from autosched.service.dispatch import REMEASURE_TASK, DeviceGate
+from autosched.service.device_gate import DeviceGate
+from autosched.service.device_tasks import REMEASURE_TASK
 from autosched.service.job_runner import run_job
 from autosched.service.measure_trials import measure_trials
 from autosched.service.remeasure import remeasure_trials
@@ -38,6 +38,7 @@ from tests.farm_support import (
     store,
     trials_of,
 )
+from tests.fault_support import free_port
 
 SETTINGS = Settings(heartbeat_interval_s=0.2, heartbeat_timeout_s=2, batch_size=4)
 
@@ -213,14 +214,8 @@ def test_configure_logging_in_a_fresh_process_is_idempotent():
     assert "ValueError: boom" in failed["exc_info"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_logs_json_including_uvicorns_access_log(sqlite_url, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = service_env(
         tmp_path,
         sqlite_url,

@@ -13,7 +13,9 @@ from sqlalchemy import update
 
 from autosched.db import Trial, session_factory, session_scope
 from autosched.hardware import detect_hardware
-from autosched.service.dispatch import MEASURE_TASK, STOPPED_MESSAGE, DeviceGate, DispatchMeasurer
+from autosched.service.device_gate import DeviceGate
+from autosched.service.device_tasks import MEASURE_TASK
+from autosched.service.dispatch import STOPPED_MESSAGE, DispatchMeasurer
 from autosched.service.job_state import StopReason
 from autosched.service.measure_trials import measure_trials
 from autosched.tune.trial import MeasureInput, TrialStatus

@@ -5,7 +5,7 @@ and once the embedded default, SQLite with kombu's SQLite broker and no Redis.""
 from __future__ import annotations
 
 import signal
-import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,11 +21,11 @@ from autosched.db.models import utcnow
 from autosched.db.session import upgrade_database
 from autosched.hardware import detect_hardware
 from autosched.service.celery_app import make_celery
-from autosched.service.dispatch import MEASURE_TASK, DispatchMeasurer, device_queue
+from autosched.service.device_tasks import MEASURE_TASK, device_queue
+from autosched.service.dispatch import DispatchMeasurer
 from autosched.settings import Settings
 from autosched.tune.trial import MeasureInput, TrialStatus
 from autosched.vocabulary import TrialState, WorkerState
-from services.scheduler.main import run_scheduler
 from tests.farm_support import (
     create_job,
     done_trials,
@@ -33,28 +33,21 @@ from tests.farm_support import (
     kill,
     online,
     salted_matmul,
+    scheduler_thread,
     service_env,
+    service_settings,
     start,
     stop,
     store,
     trials_of,
     wait_for,
+    wait_for_job_end,
 )
+from tests.fault_outcome import check_jobs
 
 HW = detect_hardware()
 TARGET = HW.target_key
 STARTUP_S = 90  # a worker imports TVM and Celery; the machine may be busy
-
-
-def _settings(data_dir: Path, database_url: str | None, redis_url: str | None) -> Settings:
-    return Settings(
-        data_dir=data_dir,
-        database_url=database_url,
-        redis_url=redis_url,
-        heartbeat_interval_s=0.5,
-        heartbeat_timeout_s=3,
-        batch_size=4,
-    )
 
 
 @dataclass
@@ -80,7 +73,7 @@ def farm(pg_url, redis_url, tmp_path_factory) -> Iterator[Farm]:
     try:
         wait_for(lambda: all(online(factory, k) for k in keys), STARTUP_S, "workers online")
         workers = {k: online(factory, k)[0] for k in keys}
-        yield Farm(factory, _settings(data_dir, pg_url, redis_url), data_dir, keys, workers)
+        yield Farm(factory, service_settings(data_dir, pg_url, redis_url), data_dir, keys, workers)
     finally:
         for p in procs:
             stop(p)
@@ -89,27 +82,13 @@ def farm(pg_url, redis_url, tmp_path_factory) -> Iterator[Farm]:
 @pytest.fixture
 def scheduler(request) -> Iterator[None]:
     """``run_scheduler`` in a thread, for the settings of the test's ``farm``/``embedded``."""
-    settings: Settings = request.getfixturevalue("scheduler_settings")
-    stopping = threading.Event()
-    thread = threading.Thread(
-        target=run_scheduler, args=(settings, stopping), kwargs={"poll_s": 0.2}, daemon=True
-    )
-    thread.start()
-    yield
-    stopping.set()
-    thread.join(60)
-    assert not thread.is_alive()
+    with scheduler_thread(request.getfixturevalue("scheduler_settings")):
+        yield
 
 
 @pytest.fixture
 def scheduler_settings(farm) -> Settings:
     return farm.settings
-
-
-def _wait_state(factory, job_id: int, timeout: float, *states: str) -> Job:
-    return wait_for(
-        lambda: (j := job(factory, job_id)).state in states and j, timeout, f"job {job_id} {states}"
-    )
 
 
 def _assert_no_duplicates(trials: list[Trial]) -> None:
@@ -126,7 +105,7 @@ def test_jobs_complete_on_their_own_device_with_a_verified_best(farm, scheduler)
     job_b = create_job(factory, [wl_b.key], key_b, trials=4, strategy="random")
 
     for job_id in (job_a, job_b):
-        ended = _wait_state(factory, job_id, 240, "succeeded", "failed", "cancelled")
+        ended = wait_for_job_end(factory, job_id, 240)
         assert ended.state == "succeeded", ended.error
         assert ended.target_key == TARGET and ended.started_at and ended.finished_at
 
@@ -203,7 +182,7 @@ def test_cancel_stops_a_running_job_promptly(farm, scheduler):
     wait_for(lambda: len(done_trials(factory, job_id)) >= 5, 120, "a few trials")
     with session_scope(factory) as session:
         session.get(Job, job_id).cancel_requested = True
-    ended = _wait_state(factory, job_id, 15, "cancelled", "succeeded", "failed")
+    ended = wait_for_job_end(factory, job_id, 15)
     assert ended.state == "cancelled" and ended.finished_at is not None
     # Nothing left waiting on the device, and the job stopped far short of its budget.
     wait_for(
@@ -215,6 +194,7 @@ def test_cancel_stops_a_running_job_promptly(farm, scheduler):
 
 
 @pytest.mark.slow  # fault injection: SIGKILL
+@pytest.mark.fault
 def test_a_killed_scheduler_is_resumed_without_measuring_twice(farm):
     factory = farm.factory
     workload = salted_matmul("farm_resume")
@@ -236,22 +216,31 @@ def test_a_killed_scheduler_is_resumed_without_measuring_twice(farm):
             poll=0.02,
         )
         kill(first, signal.SIGKILL)
+        killed_at = time.monotonic()
         before = job(factory, job_id)
         assert before.state == "running" and before.scheduler_id
         second = start("services.scheduler.main", env, log)
-        ended = _wait_state(factory, job_id, 240, "succeeded", "failed", "cancelled")
+        wait_for(
+            lambda: job(factory, job_id).scheduler_id != before.scheduler_id,
+            120,
+            "another scheduler to take the job over",
+        )
+        recover_s = time.monotonic() - killed_at
+        ended = wait_for_job_end(factory, job_id, 240)
         assert ended.state == "succeeded", ended.error
         assert ended.scheduler_id != before.scheduler_id
     finally:
         kill(first)
         if second is not None:
             stop(second)
+    check_jobs("scheduler_sigkill", factory, [job_id], 16, recover_s)
     trials = trials_of(factory, job_id)
     assert len(trials) == 16 and all(t.state == TrialState.DONE for t in trials)
     _assert_no_duplicates(trials)
 
 
 @pytest.mark.slow  # fault injection: SIGKILL
+@pytest.mark.fault
 def test_a_killed_worker_is_reaped_and_its_trials_finish_elsewhere(farm, scheduler):
     factory = farm.factory
     key = f"test-c-{uuid.uuid4().hex[:8]}"
@@ -270,14 +259,26 @@ def test_a_killed_worker_is_reaped_and_its_trials_finish_elsewhere(farm, schedul
 
         taken = wait_for(claimed, 120, "a batch claimed by the first worker", poll=0.02)
         kill(doomed, signal.SIGKILL)
+        killed_at = time.monotonic()
         spare = start("workers.main", env, farm.data_dir / "worker-spare.log", "--device-key", key)
-        ended = _wait_state(factory, job_id, 240, "succeeded", "failed", "cancelled")
+        wait_for(
+            lambda: all(
+                t.worker_id not in (None, doomed_id)
+                for t in trials_of(factory, job_id)
+                if t.id in taken
+            ),
+            180,
+            "the dead worker's trials claimed by the spare",
+        )
+        recover_s = time.monotonic() - killed_at
+        ended = wait_for_job_end(factory, job_id, 240)
         assert ended.state == "succeeded", ended.error
         (spare_id,) = online(factory, key)
     finally:
         kill(doomed)
         if spare is not None:
             stop(spare)
+    check_jobs("worker_sigkill_mid_batch", factory, [job_id], 8, recover_s)
     trials = {t.id: t for t in trials_of(factory, job_id)}
     assert len(trials) == 8 and all(t.state == "done" for t in trials.values())
     assert all(trials[i].worker_id == spare_id and trials[i].dispatch_count >= 2 for i in taken)
@@ -290,7 +291,7 @@ def test_a_killed_worker_is_reaped_and_its_trials_finish_elsewhere(farm, schedul
 @pytest.fixture
 def embedded(tmp_path) -> Iterator[Settings]:
     """No PostgreSQL, no Redis: a SQLite database and kombu's SQLite broker in data_dir."""
-    settings = _settings(tmp_path, None, None)
+    settings = service_settings(tmp_path, None, None)
     assert settings.broker_url.startswith("sqla+sqlite:///")
     upgrade_database(settings.resolved_database_url)
     yield settings
@@ -302,20 +303,14 @@ def test_the_embedded_broker_runs_a_job(embedded, device_key, tmp_path):
     factory = session_factory(embedded.resolved_database_url)
     env = service_env(tmp_path, None, None)
     worker = start("workers.main", env, tmp_path / "worker.log", "--device-key", device_key)
-    stopping = threading.Event()
-    thread = threading.Thread(
-        target=run_scheduler, args=(embedded, stopping), kwargs={"poll_s": 0.2}, daemon=True
-    )
     try:
         workload = salted_matmul("farm_embedded")
         store(factory, workload)
         job_id = create_job(factory, [workload.key], device_key, trials=6, strategy="random")
-        thread.start()
-        ended = _wait_state(factory, job_id, 180, "succeeded", "failed", "cancelled")
+        with scheduler_thread(embedded):
+            ended = wait_for_job_end(factory, job_id, 180)
         assert ended.state == "succeeded", ended.error
     finally:
-        stopping.set()
-        thread.join(60)
         stop(worker)
     trials = trials_of(factory, job_id)
     assert len(trials) == 6 and all(t.state == "done" for t in trials)

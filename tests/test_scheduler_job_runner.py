@@ -13,8 +13,10 @@ from sqlalchemy import select
 
 from autosched.db import BestConfig, JobWorkload, session_factory, session_scope
 from autosched.hardware import detect_hardware
-from autosched.service.dispatch import REMEASURE_TASK, DeviceGate
-from autosched.service.job_runner import REMEASURE_TOP, run_job
+from autosched.service.device_gate import DeviceGate
+from autosched.service.device_tasks import REMEASURE_TASK
+from autosched.service.job_phases import REMEASURE_TOP
+from autosched.service.job_runner import run_job
 from autosched.service.measure_trials import measure_trials
 from autosched.service.remeasure import remeasure_trials
 from autosched.settings import Settings

@@ -12,37 +12,24 @@ import socket
 import numpy as np
 import pytest
 import tvm
-from tvm import te
 
-from autosched.client import Client, apply_schedule
+from autosched.client import Client
+from autosched.fetched_schedule import apply_schedule
 from autosched.hardware import HardwareParams, cpu_target
 from autosched.service.embedded import EmbeddedService
 from autosched.settings import Settings
-from autosched.wire import Workload
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _matmul(n: int = 48) -> Workload:
-    a = te.placeholder((n, n), name="A")
-    b = te.placeholder((n, n), name="B")
-    k = te.reduce_axis((0, n), name="k")
-    c = te.compute((n, n), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
-    return Workload.from_tensors([a, b, c], "e2e_matmul")
+from tests.farm_support import matmul
+from tests.fault_support import free_port
 
 
 @pytest.fixture(params=["postgres+redis", "embedded"])
 def service(request, tmp_path, device_key):
     if request.param == "embedded":
-        settings = Settings(data_dir=tmp_path, api_port=_free_port())
+        settings = Settings(data_dir=tmp_path, api_port=free_port())
     else:
         settings = Settings(
             data_dir=tmp_path,
-            api_port=_free_port(),
+            api_port=free_port(),
             database_url=request.getfixturevalue("pg_url"),
             redis_url=request.getfixturevalue("redis_url"),
         )
@@ -55,7 +42,7 @@ def service(request, tmp_path, device_key):
 
 
 def test_submit_tune_fetch_apply(service, device_key):
-    workload = _matmul()
+    workload = matmul(48, 48, 48, "e2e_matmul")
     token = (service.settings.data_dir / "token").read_text().strip()
     with Client(service.url, token=token) as client:
         view = client.register_workload(workload)
@@ -106,7 +93,7 @@ def test_cli_up_detach_then_down(tmp_path):
     import subprocess
     import sys
 
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, AUTOSCHED_DATA_DIR=str(tmp_path / "state"))
     env |= {"AUTOSCHED_API_PORT": str(port), "AUTOSCHED_API_URL": f"http://127.0.0.1:{port}"}
     for name in ("DATABASE_URL", "REDIS_URL", "AUTOSCHED_DATABASE_URL", "AUTOSCHED_REDIS_URL"):

@@ -6,20 +6,32 @@ from __future__ import annotations
 import itertools
 import random
 import threading
+import time
 
 import pytest
 from sqlalchemy import select, update
 
-from autosched.db import BestConfig, Job, Trial, WorkloadRow, session_factory, session_scope
+from autosched.db import (
+    BestConfig,
+    Job,
+    Trial,
+    WorkloadRow,
+    session_factory,
+    session_scope,
+    upgrade_database,
+)
 from autosched.hardware import detect_hardware
+from autosched.schedule import build_template, static_config
+from autosched.service.best_configs import offer_best
 from autosched.service.dispatch import DispatchMeasurer
-from autosched.service.measure_trials import FailurePolicy, measure_trials, offer_best
+from autosched.service.measure_trials import FailurePolicy, measure_trials
 from autosched.service.sql_database import SQLDatabase
 from autosched.service.workloads import ensure_template
 from autosched.space import Template
 from autosched.tune.trial import MeasureInput, MeasureResult, TrialRecord, TrialStatus
 from autosched.vocabulary import TrialState
 from tests.farm_support import FakeMeasurer, create_job, matmul, register_worker, store
+from tests.fault_outcome import check_jobs
 
 HW = detect_hardware()
 TARGET = HW.target_key
@@ -46,8 +58,6 @@ def workload():
 
 @pytest.fixture
 def configs(workload):
-    from autosched.schedule import build_template, static_config
-
     template: Template = build_template(workload.prim_func, HW)
     rng = random.Random(0)
     out = [static_config(workload.prim_func, HW)]
@@ -253,3 +263,47 @@ def test_a_measurer_error_is_recorded_and_a_shutdown_releases_the_claims(
         trials = _trials(session, job_id)
     assert {t.status for t in trials} == {TrialStatus.ENV_ERROR}
     assert all("ValueError: boom" in t.error and t.latency is None for t in trials)
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_results_measured_while_postgresql_restarts_are_stored_once_it_is_back(
+    private_pg, private_pg_url, device_key
+):
+    """The database goes down while the worker measures a batch and is back 2 s later: the
+    worker stores its results when it can (no trial left claimed, none stored twice)."""
+    upgrade_database(private_pg_url)
+    factory = session_factory(private_pg_url)
+    workload = matmul(20, 24, 20, "worker_write_outage")
+    (key,) = store(factory, workload)
+    with session_scope(factory) as session:
+        ensure_template(session, workload, HW)
+    job_id = create_job(factory, [key], device_key, trials=4)
+    worker_id = register_worker(factory, device_key)
+    template = build_template(workload.prim_func, HW)
+    configs = [static_config(workload.prim_func, HW)]
+    rng = random.Random(1)
+    while len(configs) < 4:
+        if (c := template.sample(rng)).to_json() not in [o.to_json() for o in configs]:
+            configs.append(c)
+    ids = _queue(factory, job_id, device_key, workload, configs)
+    restarted: list[float] = []
+
+    class MeasuredDuringAnOutage(FakeMeasurer):
+        def measure(self, inputs):
+            private_pg.stop()  # the batch is claimed; its results have nowhere to go
+
+            def back() -> None:
+                time.sleep(2)
+                private_pg.start()
+                restarted.append(time.monotonic())
+
+            threading.Thread(target=back, daemon=True).start()
+            return super().measure(inputs)
+
+    policy = FailurePolicy(write_retry_s=60)
+    assert measure_trials(factory, ids, worker_id, MeasuredDuringAnOutage(), policy) == 4
+    recover_s = time.monotonic() - restarted[0]
+    with session_scope(factory) as session:
+        assert {t.state for t in _trials(session, job_id)} == {TrialState.DONE}
+    check_jobs("worker_write_during_postgres_outage", factory, [job_id], 4, recover_s, 4)

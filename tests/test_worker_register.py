@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from autosched.db import Worker, session_factory, session_scope
-from autosched.hardware import HardwareParams, cuda_devices, detect_hardware
+from autosched.hardware import HardwareParams, detect_hardware
+from autosched.host_description import cuda_devices
 from workers.main import default_device_key, register
 
 

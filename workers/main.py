@@ -31,18 +31,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from autosched.db.migrate import require_schema
 from autosched.db.session import session_factory, session_scope
 from autosched.errors import InvalidHardwareError
-from autosched.hardware import (
-    HardwareParams,
-    cpu_target,
-    describe_host,
-    detect_gpu_hardware,
-    detect_hardware,
-)
+from autosched.gpu_hardware import detect_gpu_hardware
+from autosched.hardware import HardwareParams, cpu_target, detect_hardware
+from autosched.host_description import describe_host
 from autosched.logs import configure_logging
 from autosched.schemas import WorkerRegister
 from autosched.service import farm
 from autosched.service.celery_app import declare_queue
-from autosched.service.dispatch import device_queue
+from autosched.service.device_tasks import device_queue
 from autosched.service.measure_trials import FailurePolicy
 from autosched.service.tokens import Caller
 from autosched.settings import Settings, get_settings

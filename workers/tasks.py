@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from autosched.service import measure_trials as service
 from autosched.service import remeasure
-from autosched.service.dispatch import MEASURE_TASK, REMEASURE_TASK
+from autosched.service.device_tasks import MEASURE_TASK, REMEASURE_TASK
 from autosched.tune.measure import Measurer
 
 

@@ -22,6 +22,8 @@ from typing import Any
 import tvm
 from tvm import s_tir, tirx
 
+from autosched.fast_math import is_rewritable
+
 
 class MetaTemplateKind(StrEnum):
     DIRECT_COMPUTE = "direct_compute"
@@ -35,6 +37,7 @@ class ReadInfo:
     buffer: str
     #: for each index of the access, the block iter vars (by position) it depends on
     index_vars: tuple[tuple[int, ...], ...]
+    dtype: str
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,13 @@ class StageInfo:
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
     is_output: bool  # writes a function parameter
+    write_dtype: str  # of the first buffer it writes (a GPU template's tensor cores need it)
     reads: tuple[ReadInfo, ...] = field(repr=False)
     has_conditional: bool = False  # body contains select / if_then_else (padding)
     has_index_arith: bool = False  # reads use floordiv / floormod (reshape-like)
+    #: float32 transcendentals the body calls that have a vectorizable fast form
+    #: (``fast_math``): short names such as ``exp``, ``erf``, sorted
+    transcendentals: tuple[str, ...] = ()
 
     @property
     def spatial_axes(self) -> list[int]:
@@ -137,6 +144,17 @@ def _body_flags(block: Any) -> tuple[bool, bool]:
     return conditional, index_arith
 
 
+def _transcendentals(block: Any) -> tuple[str, ...]:
+    found: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, tvm.ir.expr.Call) and is_rewritable(node):
+            found.add(node.op.name.removeprefix("tirx."))
+
+    _walk(block.body, visit)
+    return tuple(sorted(found))
+
+
 def _has_div_mod(expr: Any) -> bool:
     hit = False
 
@@ -154,7 +172,7 @@ def block_reads(block: Any) -> tuple[ReadInfo, ...]:
     reads: list[ReadInfo] = []
     for region in block.reads:
         index_vars = tuple(_vars_in(r.min, var_pos) for r in region.region)
-        reads.append(ReadInfo(region.source.name, index_vars))
+        reads.append(ReadInfo(region.source.name, index_vars, str(region.source.dtype)))
     return (reads and tuple(reads)) or ()
 
 
@@ -227,9 +245,11 @@ def analyze(func: tirx.PrimFunc) -> list[StageInfo]:
                 producers=producers,
                 consumers=consumers,
                 is_output=any(w.source.name in param_buffers for w in block.writes),
+                write_dtype=str(block.writes[0].source.dtype) if block.writes else "",
                 reads=reads,
                 has_conditional=conditional,
                 has_index_arith=index_arith,
+                transcendentals=_transcendentals(block),
             )
         )
     return stages

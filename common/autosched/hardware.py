@@ -1,12 +1,13 @@
 """Hardware parameters that static scheduling needs: detected from the host, overridable.
 
 Overrides come from the settings object (``AUTOSCHED_NUM_CORES`` ...) or explicit arguments,
-so a server can schedule for a worker's hardware rather than its own.
+so a server can schedule for a worker's hardware rather than its own. A GPU's parameters
+are detected in ``gpu_hardware``; the description a worker registers is ``host_description``.
 
 A worker's report is untrusted input: its ``mcpu`` reaches the LLVM target and its sizes
 drive every template built for its device key. ``HardwareParams`` therefore checks ranges
-and vocabularies whenever one is made, and ``HostDescription.from_report`` also checks the
-CPU name against LLVM's own list and bounds the descriptive extras.
+and vocabularies whenever one is made, and ``check_known_cpu`` checks the CPU name against
+LLVM's own list.
 """
 
 from __future__ import annotations
@@ -35,12 +36,10 @@ RANGES: dict[str, tuple[int, int]] = {
 }
 #: LLVM CPU names are short lower-case words (znver3, skylake-avx512, x86-64-v3).
 MCPU_PATTERN = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
-#: Bounds of the descriptive extras a worker reports besides the parameters.
-MAX_TEXT = 200
-MAX_CUDA_DEVICES = 16
 
 
-def _int_in(name: str, value: object, low: int, high: int) -> None:
+def require_int_in(name: str, value: object, low: int, high: int) -> None:
+    """Refuse a reported count that is not an integer in ``[low, high]``."""
     if type(value) is not int or not low <= value <= high:  # bool is no count
         raise InvalidHardwareError(f"hardware.{name} must be an integer in [{low}, {high}]")
 
@@ -55,17 +54,6 @@ GPU_RANGES: dict[str, tuple[int, int]] = {
     "registers_per_block": (1024, 1 << 20),
     "warp_size": (8, 128),
     "l2_bytes": (0, 1 * GiB),
-}
-#: SM counts of the tags TVM ships (its tags leave them out); others need the override.
-TAG_SM_COUNTS = {
-    "nvidia/nvidia-h100": 132,
-    "nvidia/nvidia-a100": 108,
-    "nvidia/nvidia-a10g": 80,
-    "nvidia/nvidia-a10": 72,
-    "nvidia/nvidia-t4": 40,
-    "nvidia/nvidia-v100": 80,
-    "nvidia/geforce-rtx-4090": 128,
-    "nvidia/geforce-rtx-3090": 82,
 }
 
 
@@ -86,7 +74,7 @@ class GpuParams:
 
     def __post_init__(self) -> None:
         for name, (low, high) in GPU_RANGES.items():
-            _int_in(f"gpu.{name}", getattr(self, name), low, high)
+            require_int_in(f"gpu.{name}", getattr(self, name), low, high)
         if not isinstance(self.arch, str) or not ARCH_PATTERN.fullmatch(self.arch):
             raise InvalidHardwareError("hardware.gpu.arch must look like 'sm_90'")
 
@@ -120,7 +108,7 @@ class HardwareParams:
         if (self.kind == "cuda") != isinstance(self.gpu, GpuParams):
             raise InvalidHardwareError("hardware.gpu is required for kind 'cuda', and only then")
         for name, (low, high) in RANGES.items():
-            _int_in(name, getattr(self, name), low, high)
+            require_int_in(name, getattr(self, name), low, high)
         if type(self.vector_bits) is not int or self.vector_bits not in VECTOR_BITS:
             raise InvalidHardwareError(f"hardware.vector_bits must be one of {sorted(VECTOR_BITS)}")
         if self.kind not in KINDS:
@@ -201,81 +189,6 @@ def target_json(hw: HardwareParams) -> dict[str, Any]:
     }
 
 
-def _text(name: str, value: object) -> str:
-    if not isinstance(value, str) or len(value) > MAX_TEXT or not value.isprintable():
-        raise InvalidHardwareError(f"{name} must be printable text, at most {MAX_TEXT} characters")
-    return value
-
-
-@dataclass(frozen=True)
-class CudaDevice:
-    index: int
-    name: str
-    compute_version: str  # "9.0"
-    multi_processor_count: int
-    max_threads_per_block: int
-
-    @classmethod
-    def from_report(cls, doc: object, where: str) -> CudaDevice:
-        if not isinstance(doc, dict) or set(doc) != {f.name for f in fields(cls)}:
-            raise InvalidHardwareError(
-                f"{where} must have exactly the keys {sorted(f.name for f in fields(cls))}"
-            )
-        _int_in(f"{where}.index", doc["index"], 0, MAX_CUDA_DEVICES - 1)
-        _int_in(f"{where}.multi_processor_count", doc["multi_processor_count"], 0, 100_000)
-        _int_in(f"{where}.max_threads_per_block", doc["max_threads_per_block"], 0, 65_536)
-        version = doc["compute_version"]
-        if not isinstance(version, str) or not re.fullmatch(r"\d{1,2}\.\d{1,2}", version):
-            raise InvalidHardwareError(f"{where}.compute_version must look like '9.0'")
-        return cls(
-            index=doc["index"],
-            name=_text(f"{where}.name", doc["name"]),
-            compute_version=version,
-            multi_processor_count=doc["multi_processor_count"],
-            max_threads_per_block=doc["max_threads_per_block"],
-        )
-
-
-@dataclass(frozen=True)
-class HostDescription:
-    """What a worker registers: the scheduling parameters plus a bounded description."""
-
-    params: HardwareParams
-    cpu_model: str = "unknown"
-    cuda_devices: tuple[CudaDevice, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            **self.params.to_json(),
-            "cpu_model": self.cpu_model,
-            "cuda_devices": [asdict(d) for d in self.cuda_devices],
-        }
-
-    @classmethod
-    def from_report(cls, doc: dict[str, Any]) -> HostDescription:
-        """Validate a worker's report strictly: known keys only, every value in range, and a
-        CPU name LLVM knows. Raises ``InvalidHardwareError`` (HTTP 422)."""
-        params = {f.name for f in fields(HardwareParams)}
-        unknown = sorted(set(doc) - params - {"cpu_model", "cuda_devices"})
-        if unknown:
-            raise InvalidHardwareError(f"hardware has unknown fields {unknown[:8]}")
-        hw = HardwareParams.from_json(doc)
-        check_known_cpu(hw)
-        devices = doc.get("cuda_devices", [])
-        if not isinstance(devices, list) or len(devices) > MAX_CUDA_DEVICES:
-            raise InvalidHardwareError(
-                f"hardware.cuda_devices must be a list of at most {MAX_CUDA_DEVICES}"
-            )
-        return cls(
-            params=hw,
-            cpu_model=_text("hardware.cpu_model", doc.get("cpu_model", "unknown")),
-            cuda_devices=tuple(
-                CudaDevice.from_report(d, f"hardware.cuda_devices[{i}]")
-                for i, d in enumerate(devices)
-            ),
-        )
-
-
 def _cpu_flags() -> set[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -344,129 +257,3 @@ def reference_target(hw: HardwareParams) -> Any:
     import tvm
 
     return tvm.target.Target({"kind": "llvm", "mcpu": hw.mcpu, "num-cores": hw.num_cores})
-
-
-def gpu_from_tag(tag: str, sm_count: int | None = None) -> GpuParams:
-    """A GPU's parameters from one of TVM's target tags (``nvidia/nvidia-h100``): to build
-    for a card this host does not have. The SM count comes from ``TAG_SM_COUNTS`` or
-    ``sm_count``."""
-    import tvm
-
-    try:
-        attrs = dict(tvm.target.Target(tag).attrs)
-    except Exception as err:  # TVM raises a plain error for an unknown tag
-        raise InvalidHardwareError(f"unknown GPU target tag {tag!r}") from err
-    count = sm_count or TAG_SM_COUNTS.get(tag)
-    if count is None:
-        raise InvalidHardwareError(f"no SM count known for {tag!r}: set AUTOSCHED_GPU_SM_COUNT")
-    return _gpu_with_overrides(
-        GpuParams(
-            # sm_90a (Hopper's arch-specific features) names the same card a driver reports
-            # as compute 9.0: one key for both ways of describing it.
-            arch=str(attrs["arch"]).rstrip("abcdefghijklmnopqrstuvwxyz"),
-            sm_count=count,
-            max_threads_per_block=int(attrs["max_threads_per_block"]),
-            max_shared_memory_per_block=int(attrs["max_shared_memory_per_block"]),
-            registers_per_block=int(attrs["registers_per_block"]),
-            warp_size=int(attrs["thread_warp_size"]),
-            l2_bytes=int(attrs.get("l2_cache_size_bytes", 0)),
-        )
-    )
-
-
-def gpu_from_device(index: int) -> GpuParams:
-    """The parameters of CUDA device ``index`` as its driver reports them."""
-    import tvm
-
-    dev = tvm.cuda(index)
-    if not dev.exist:
-        raise InvalidHardwareError(f"no CUDA device {index} on this host")
-    major, minor = str(dev.compute_version).split(".")
-    return _gpu_with_overrides(
-        GpuParams(
-            arch=f"sm_{major}{minor}",
-            sm_count=int(dev.multi_processor_count),
-            max_threads_per_block=int(dev.max_threads_per_block),
-            max_shared_memory_per_block=int(dev.max_shared_memory_per_block),
-            # Every card since sm_50 has 64K registers per block; the driver API TVM wraps
-            # does not report it.
-            registers_per_block=65536,
-            warp_size=int(dev.warp_size),
-            l2_bytes=int(dev.l2_cache_size_bytes),
-        )
-    )
-
-
-def _gpu_with_overrides(gpu: GpuParams) -> GpuParams:
-    settings = get_settings()
-    return replace(
-        gpu,
-        sm_count=settings.gpu_sm_count or gpu.sm_count,
-        max_threads_per_block=settings.gpu_max_threads_per_block or gpu.max_threads_per_block,
-        max_shared_memory_per_block=(
-            settings.gpu_max_shared_memory_per_block or gpu.max_shared_memory_per_block
-        ),
-    )
-
-
-def detect_gpu_hardware(device: int | None = None, tag: str | None = None) -> HardwareParams:
-    """A CUDA device's parameters: from the card when ``device`` names one on this host,
-    else from a TVM target tag (``tag`` or ``AUTOSCHED_GPU_TAG``); the CPU fields describe
-    this host, which builds the kernels."""
-    host = detect_hardware()
-    tag = tag or get_settings().gpu_tag
-    if device is not None:
-        gpu = gpu_from_device(device)
-    elif tag:
-        gpu = gpu_from_tag(tag)
-    else:
-        raise InvalidHardwareError("name a CUDA device (cuda:0) or a GPU target tag")
-    return replace(host, kind="cuda", gpu=gpu)
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (e.g. "AMD EPYC 9B45"), or "unknown"."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
-def cuda_devices() -> list[dict[str, Any]]:
-    """The CUDA devices TVM sees on this host (none without a GPU and driver)."""
-    import tvm
-
-    found = []
-    for index in range(16):
-        try:
-            dev = tvm.cuda(index)
-            if not dev.exist:
-                break
-            found.append(
-                {
-                    "index": index,
-                    "name": str(dev.device_name),
-                    "compute_version": str(dev.compute_version),
-                    "multi_processor_count": int(dev.multi_processor_count),
-                    "max_threads_per_block": int(dev.max_threads_per_block),
-                }
-            )
-        except Exception:  # a TVM build without CUDA, or a driver error: no devices
-            break
-    return found
-
-
-def describe_host(hw: HardwareParams) -> dict[str, Any]:
-    """What a worker registers: the scheduling parameters plus the CPU model and any CUDA
-    devices (``HardwareParams.from_json`` reads the parameters back and ignores the rest).
-    Cut to the bounds ``HostDescription.from_report`` enforces, so a real host always passes."""
-    model = "".join(c for c in cpu_model() if c.isprintable())[:MAX_TEXT] or "unknown"
-    devices = [
-        {**d, "name": "".join(c for c in d["name"] if c.isprintable())[:MAX_TEXT]}
-        for d in cuda_devices()[:MAX_CUDA_DEVICES]
-    ]
-    return {**hw.to_json(), "cpu_model": model, "cuda_devices": devices}

@@ -9,9 +9,11 @@ from tvm import s_tir, tirx
 
 from autosched.analysis import StageInfo, analyze
 from autosched.errors import ScheduleError
+from autosched.fast_math import rewrite_blocks
 from autosched.hardware import HardwareParams, detect_hardware
 from autosched.space import Config, StageSpace, Template
 from autosched.templates import ApplyState, TemplateContext, meta_templates
+from autosched.templates.base import fast_math_blocks
 
 
 def _key(func: tirx.PrimFunc) -> str:
@@ -69,16 +71,19 @@ def apply_config(
 ) -> s_tir.Schedule:
     """Apply ``config`` to a fresh schedule of ``func``; deterministic in (func, config).
 
-    Inlining goes first (it changes which blocks are producers and consumers), then the
-    meta-templates in phase order: tiled reductions, simple reductions, root injective
-    stages, and last the location-tunable producers that compute at their consumer's loops.
+    Stages whose ``math`` knob is ``fast`` get their transcendentals rewritten first
+    (``fast_math``), so that inlining carries the fast form into the consumer; the blocks
+    keep their names and accesses, so the analysis of ``func`` still holds. Then inlining
+    (it changes which blocks are producers and consumers), then the meta-templates in phase
+    order: tiled reductions, simple reductions, root injective stages, and last the
+    location-tunable producers that compute at their consumer's loops.
     """
     if template is not None:
         template.validate(config)
     ctx = _context(func, hw, stages)
     stages = list(ctx.stages.values())
     templates = meta_templates(ctx.hw.kind)
-    sch = s_tir.Schedule(func, debug_mask="all")
+    sch = s_tir.Schedule(rewrite_blocks(func, fast_math_blocks(config)), debug_mask="all")
     state = ApplyState()
     try:
         for stage in stages:

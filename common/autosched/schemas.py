@@ -248,8 +248,8 @@ class ScheduleLookup(BaseModel):
 
 class WorkerRegister(BaseModel):
     """The server derives the target key and the TVM target from ``hardware`` (validated by
-    ``autosched.hardware.HostDescription.from_report``); ``target_key`` and ``target``, when
-    sent, must agree with it (422 otherwise)."""
+    ``autosched.host_description.HostDescription.from_report``); ``target_key`` and
+    ``target``, when sent, must agree with it (422 otherwise)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # same holds for a final re-measurement nobody did (the wait doubles after each resend).
     # A claimed trial is left to its worker, whose heartbeats tell whether it lives.
     trial_unclaimed_resend_s: float = Field(default=60.0, gt=0)
+    # A worker holding measured results keeps trying to store them through a database
+    # outage this long (a restart or failover) before it gives up and hands the trials back.
+    worker_write_retry_s: float = Field(default=120.0, ge=0)
     # Failures of the environment (a timeout under load, a full disk, a reference output
     # that could not be computed, a worker that died holding the trial) hand a trial back
     # to the queue; at this many it is recorded as failed with the reason. A trial whose
@@ -121,6 +124,12 @@ class Settings(BaseSettings):
     # Origins (scheme://host[:port]) besides the API's own that may send state-changing
     # requests from a browser; requests without an Origin header (CLI, curl) are not browsers.
     allowed_origins: list[str] = Field(default_factory=list)
+
+    # Schedule fetches: answers kept per API process, checked against the stored best
+    # config at each request (0 turns the cache off).
+    schedule_cache_entries: int = Field(default=4096, ge=0)
+    # A token's last_used_at is written at most once per this interval, not on every request.
+    token_touch_interval_s: float = Field(default=60.0, ge=0)
 
     log_json: bool = False
 

@@ -40,6 +40,9 @@ from services.api.routes import (
 from services.api.routes.metrics import RequestMetrics
 from services.api.security import OriginCheck, SecurityHeaders
 
+#: How long uvicorn waits for an API worker process to answer a health ping.
+WORKER_HEALTHCHECK_S = 60
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """An app bound to ``settings`` (default: the environment's), not to global state."""
@@ -132,11 +135,14 @@ def serve() -> None:
         return
     # Several processes (one per core is what fetch-heavy deployments want): uvicorn starts
     # each from the factory, which reads the same environment, and logs through
-    # ``worker_app``'s handler.
+    # ``worker_app``'s handler. A spawned worker answers uvicorn's health pings only once it
+    # has imported this module (TVM with it: seconds, more on a busy host); at uvicorn's
+    # default 5 s such workers are killed and respawned over and over.
     uvicorn.run(
         "services.api.app:worker_app",
         factory=True,
         workers=settings.api_workers,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,

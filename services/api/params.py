@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Path, Query
+from fastapi import Header, Path, Query
 
 from autosched.schemas import RowId, TargetKey, WorkerId, WorkloadKey
 
@@ -16,3 +16,5 @@ WorkerIdPath = Annotated[WorkerId, Path()]
 WorkloadKeyQuery = Annotated[WorkloadKey | None, Query()]
 #: A target key (``llvm/<mcpu>/<cores>c/<bits>b``).
 TargetKeyQuery = Annotated[TargetKey | None, Query()]
+#: A conditional GET's ETags; a list of a few, so bounded well above any real one.
+IfNoneMatchHeader = Annotated[str | None, Header(max_length=2048)]

@@ -25,7 +25,7 @@ from autosched.db.models import Job
 from autosched.db.session import session_factory, session_scope
 from autosched.logs import configure_logging
 from autosched.service import job_state
-from autosched.service.dispatch import DeviceGate
+from autosched.service.device_gate import DeviceGate
 from autosched.service.farm import reap_silent_workers
 from autosched.service.job_runner import run_job
 from autosched.settings import Settings, get_settings

@@ -215,7 +215,7 @@ def fetch(
     ] = None,
 ) -> None:
     """Fetch a workload's best schedule (tuned, else static) and print it or build it."""
-    from autosched.client import export_schedule
+    from autosched.fetched_schedule import export_schedule
     from autosched.trace_format import format_trace
 
     wl = load_workload_file(workload)

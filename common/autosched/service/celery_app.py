@@ -1,7 +1,7 @@
 """The Celery application of the service: workers consume from it, the scheduler sends by name.
 
 Both the scheduler (``services``) and the workers (``workers``) build their app here, so
-neither imports the other; task names and queue names are in ``autosched.service.dispatch``.
+neither imports the other; task names and queue names are in ``autosched.service.device_tasks``.
 Messages carry only trial ids as JSON; results go to the database, never to a result
 backend. A trial is acknowledged after it ran (``acks_late``), so a worker killed mid-batch
 leaves its message to be redelivered; redelivery is harmless because workers claim trials
@@ -10,12 +10,14 @@ with a conditional update (``autosched.service.measure_trials``).
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 import tenacity
 from celery import Celery
-from kombu import Exchange, Queue
+from celery.worker.consumer import Consumer
+from kombu import Connection, Exchange, Queue
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from autosched.service.embedded_broker import TRANSPORT as EMBEDDED_TRANSPORT
@@ -23,6 +25,26 @@ from autosched.service.embedded_broker import transport_url
 from autosched.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+
+#: How a worker's consumer retries a broker that went away (seconds: first wait, growth per
+#: try, longest wait). Celery's consumer takes kombu's defaults, 2 s growing by 2 s to 30 s:
+#: after a minute's outage a worker came back up to 16 s after Redis did (30 s after longer
+#: ones) while its queue filled and the scheduler re-sent "lost" trials meanwhile. A failed
+#: connect to a broker that is down costs next to nothing, so a worker tries every 2 s.
+RECONNECT_BACKOFF = {"interval_start": 0.5, "interval_step": 0.5, "interval_max": 2.0}
+
+
+class PromptReconnectConsumer(Consumer):
+    """Celery's consumer, reconnecting to a lost broker on ``RECONNECT_BACKOFF``.
+
+    Celery has no setting for the consumer's reconnect intervals (``ensure_connected``
+    passes none to kombu's ``ensure_connection``, and transport options do not reach it), so
+    the intervals are bound onto the connection it is about to retry."""
+
+    def ensure_connected(self, conn: Connection) -> Connection:
+        conn.ensure_connection = functools.partial(conn.ensure_connection, **RECONNECT_BACKOFF)
+        return super().ensure_connected(conn)
 
 
 def _transport_options(settings: Settings) -> dict[str, Any]:
@@ -65,6 +87,11 @@ def make_celery(settings: Settings | None = None) -> Celery:
         # No task time limits or max-tasks-per-child: the workers' solo pool enforces neither.
         # A batch is bounded by its sandboxes instead (build and run timeouts, rlimits).
         broker_connection_retry_on_startup=True,
+        # A worker outlives any broker outage, retrying every few seconds (the default gives
+        # up after 100 tries, minutes at this pace): whether a worker is alive is the
+        # database heartbeat's to say, and its trials are re-sent elsewhere meanwhile.
+        broker_connection_max_retries=None,
+        worker_consumer=f"{__name__}:{PromptReconnectConsumer.__name__}",
         broker_transport_options=_transport_options(settings),
         # A broker blip while the scheduler sends a batch: keep trying ~50 s. Past that the
         # dispatcher logs the error and sends again later (the trials stay queued in the

@@ -21,16 +21,12 @@ after ``SEND_BACKOFF_S``: an outage delays a job, it never fails it.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import json
 import logging
 import math
-import threading
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +39,8 @@ from autosched.db.models import Trial, Worker, database_time, db_now, utcnow
 from autosched.db.session import session_scope
 from autosched.db.upsert import insert_for
 from autosched.logs import log_context
+from autosched.service.device_gate import DeviceGate, Rank
+from autosched.service.device_tasks import MEASURE_TASK, REMEASURE_TASK, device_queue, isolate
 from autosched.service.job_state import StopReason
 from autosched.service.sql_database import TRIAL_IDENTITY, trial_result
 from autosched.space import Config
@@ -53,8 +51,6 @@ from autosched.wire import Workload
 
 log = logging.getLogger(__name__)
 
-MEASURE_TASK = "autosched.measure_trials"  # registered by workers/tasks.py
-REMEASURE_TASK = "autosched.remeasure_trials"
 CANCELLED_MESSAGE = "trial cancelled before a worker measured it"
 #: The result of a trial the measurer stopped waiting for (its caller checks ``should_stop``
 #: and discards the batch; the trial stays in the database and a resumed run finishes it).
@@ -64,71 +60,6 @@ STOPPED_MESSAGE = "not measured: the job is stopping"
 BROKER_ERRORS = (BrokerOperationalError, ChannelError)
 #: After a failed publish, the next try waits this long (the publish itself retried ~50 s).
 SEND_BACKOFF_S = 5.0
-
-#: (-priority, created_at timestamp, job id): smaller goes first.
-Rank = tuple[int, float, int]
-
-
-def device_queue(device_key: str) -> str:
-    """The queue of one device key: a worker consumes only its own."""
-    return f"device.{device_key}"
-
-
-class DeviceGate:
-    """At most ``limit`` measure batches in flight per device key, across this scheduler's
-    jobs; a free slot goes to the waiting job of highest priority, then the oldest.
-
-    A job holds its slot only while its batch is on the device, not while its search
-    proposes the next batch, so jobs sharing a device interleave.
-    """
-
-    def __init__(self, limit: int = 1) -> None:
-        self.limit = limit
-        self._cond = threading.Condition()
-        self._in_flight: dict[str, int] = defaultdict(int)
-        self._waiting: dict[str, list[tuple[Rank, int]]] = defaultdict(list)
-        self._tickets = itertools.count()
-
-    def _grantable(self, key: str, entry: tuple[Rank, int]) -> bool:
-        return self._in_flight[key] < self.limit and self._waiting[key][0] == entry
-
-    @contextmanager
-    def slot(
-        self, device_key: str, rank: Rank, give_up: Callable[[], bool] = lambda: False
-    ) -> Iterator[bool]:
-        """Hold one of ``device_key``'s slots; yields False (holding none) when ``give_up``,
-        asked while waiting, said so (e.g. on cancel)."""
-        entry = (rank, next(self._tickets))
-        with self._cond:
-            heapq.heappush(self._waiting[device_key], entry)
-        granted = False
-        try:
-            while True:
-                with self._cond:
-                    if self._grantable(device_key, entry):
-                        heapq.heappop(self._waiting[device_key])
-                        self._in_flight[device_key] += 1
-                        self._cond.notify_all()
-                        granted = True
-                        break
-                    self._cond.wait(timeout=0.5)
-                if give_up():  # outside the lock: it may query the database
-                    break
-        finally:
-            if not granted:
-                with self._cond:
-                    self._waiting[device_key].remove(entry)
-                    heapq.heapify(self._waiting[device_key])
-                    self._cond.notify_all()
-        if not granted:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            with self._cond:
-                self._in_flight[device_key] -= 1
-                self._cond.notify_all()
 
 
 def _canonical(doc: dict[str, Any]) -> str:
@@ -448,15 +379,6 @@ class DispatchMeasurer(Measurer):
             self._send_failed((), err)
             return False
         return True
-
-
-def isolate(trial_ids: list[int], suspects: set[int]) -> list[list[int]]:
-    """The sends for ``trial_ids``: the others together, each suspect alone. A suspect's
-    worker died holding it, so it may be what kills workers; alone, the next death is
-    charged to it only (the reaper quarantines it at ``max_trial_attempts``) and not to a
-    batch of innocent trials."""
-    rest = [t for t in trial_ids if t not in suspects]
-    return ([rest] if rest else []) + [[t] for t in trial_ids if t in suspects]
 
 
 def status_counts(results: Iterable[MeasureResult]) -> str:

@@ -32,7 +32,8 @@ from autosched.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from autosched.hardware import HardwareParams, HostDescription, target_json
+from autosched.hardware import HardwareParams, target_json
+from autosched.host_description import HostDescription
 from autosched.schemas import WorkerRegister, WorkerView
 from autosched.service.tokens import Caller
 from autosched.settings import get_settings

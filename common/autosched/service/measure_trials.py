@@ -7,10 +7,8 @@ reaped offline meanwhile has lost it to the queue). A failure that is the enviro
 fault (``MeasureResult.final`` is false: a timeout under load, a full disk, a reference
 that could not be computed) is not a result: the trial goes back to the queue with the
 reason, up to ``max_trial_attempts``, and counts toward this worker's streak of
-failures that blame the machine, which quarantines it at ``worker_quarantine_after``. The best
-config of a workload on a target is replaced only by a faster one, in a single ``INSERT ...
-ON CONFLICT DO UPDATE ... WHERE`` so two workers finishing at once cannot overwrite a faster
-result.
+failures that blame the machine, which quarantines it at ``worker_quarantine_after``.
+Verified results are then offered as their workload's best config (``best_configs``).
 """
 
 from __future__ import annotations
@@ -22,23 +20,24 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from autosched.db.models import BestConfig, Job, Trial, Worker, WorkloadRow, db_now, utcnow
+from autosched.db.models import Job, Trial, Worker, WorkloadRow, db_now
 from autosched.db.session import session_scope
-from autosched.db.upsert import insert_for
-from autosched.hardware import HardwareParams
 from autosched.logs import log_context
+from autosched.service.best_configs import offer_fastest
 from autosched.service.dispatch import status_counts
+from autosched.service.job_state import retrying
 from autosched.service.sql_database import result_values
 from autosched.settings import Settings, get_settings
 from autosched.tune.measure import Measurer
 from autosched.tune.trial import MeasureInput, MeasureResult, TrialStatus
 from autosched.vocabulary import TrialState
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -89,12 +88,18 @@ class FailurePolicy:
     max_attempts: int = 3
     quarantine_after: int = 5
     on_quarantine: Callable[[], None] | None = None
+    write_retry_s: float = 120.0
 
     @classmethod
     def from_settings(
         cls, settings: Settings, on_quarantine: Callable[[], None] | None = None
     ) -> FailurePolicy:
-        return cls(settings.max_trial_attempts, settings.worker_quarantine_after, on_quarantine)
+        return cls(
+            settings.max_trial_attempts,
+            settings.worker_quarantine_after,
+            on_quarantine,
+            settings.worker_write_retry_s,
+        )
 
 
 def measure_trials(
@@ -182,7 +187,9 @@ def _measure_trials(
         )
     except BaseException:
         # Unexpected (the database went away, the worker is shutting down): hand what is
-        # still ours back to the queue rather than leave it claimed by a live worker.
+        # still ours back to the queue rather than leave it claimed by a live worker. Tried
+        # once: if the database is still down, the reaper (a worker that exits) or
+        # ``trial_redispatch_s`` (one that lives) hands the trials back.
         with session_scope(factory) as session:
             release_claims(session, claimed, worker_id)
         raise
@@ -336,15 +343,23 @@ def _measure_claimed(
         message = f"measurement failed on worker {worker_id}: {type(err).__name__}: {err}"
         results = [MeasureResult(TrialStatus.ENV_ERROR, math.inf, message) for _ in trials]
 
-    stored: list[tuple[Trial, MeasureResult]] = []
-    handed_back = 0
-    with session_scope(factory) as session:
-        for trial, result in zip(trials, results, strict=True):
-            outcome = settle(session, trial.id, worker_id, result, policy.max_attempts)
-            if outcome == TrialOutcome.RECORDED:
-                stored.append((trial, result))
-            handed_back += outcome == TrialOutcome.HANDED_BACK
-        quarantine = update_streak(session, worker_id, results, policy.quarantine_after)
+    def record() -> tuple[list[tuple[Trial, MeasureResult]], int, str | None]:
+        stored: list[tuple[Trial, MeasureResult]] = []
+        handed_back = 0
+        with session_scope(factory) as session:
+            for trial, result in zip(trials, results, strict=True):
+                outcome = settle(session, trial.id, worker_id, result, policy.max_attempts)
+                if outcome == TrialOutcome.RECORDED:
+                    stored.append((trial, result))
+                handed_back += outcome == TrialOutcome.HANDED_BACK
+            quarantine = update_streak(session, worker_id, results, policy.quarantine_after)
+        return stored, handed_back, quarantine
+
+    # The results cost a whole batch of builds and runs: a database restart while they are
+    # stored must not throw them away (the trials would stay claimed by this live worker
+    # until ``trial_redispatch_s``). One transaction of conditional updates, so a retry
+    # after a rollback stores each result once.
+    stored, handed_back, quarantine = _through_outages(policy, record)
     log.info(
         "measured %d trials in %.1f s: %s; recorded %d of %d claimed, %d handed back",
         len(results),
@@ -360,82 +375,15 @@ def _measure_claimed(
         for trial, result in stored
         if result.status == TrialStatus.OK and math.isfinite(result.latency)
     ]
-    offer_fastest(factory, verified, hardware, worker_id, device_key)
+    _through_outages(
+        policy, lambda: offer_fastest(factory, verified, hardware, worker_id, device_key)
+    )
     return len(stored), quarantine
 
 
-def offer_fastest(
-    factory: sessionmaker[Session],
-    timed: Sequence[tuple[Trial, float]],
-    hardware: dict[str, Any],
-    worker_id: str,
-    device_key: str,
-) -> None:
-    """Offer the fastest of ``timed`` (verified trials with their latency) per workload and
-    target as its best config: one trace export each, not one per trial."""
-    fastest: dict[tuple[str, str], tuple[Trial, float]] = {}
-    for trial, latency in timed:
-        key = (trial.workload_key, trial.target_key)
-        if key not in fastest or latency < fastest[key][1]:
-            fastest[key] = (trial, latency)
-    hw = HardwareParams.from_json(hardware)
-    for trial, latency in fastest.values():
-        offer_best(factory, trial, latency, hw, worker_id, device_key)
-
-
-def offer_best(
-    factory: sessionmaker[Session],
-    trial: Trial,
-    latency: float,
-    hw: HardwareParams,
-    worker_id: str,
-    device_key: str,
-) -> bool:
-    """Make ``trial`` the best config of its workload on its target if it is faster than the
-    stored one (the runner already checked its output); whether it became the best."""
-    import tvm
-
-    from autosched.errors import AutoschedError
-    from autosched.schedule import apply_config, trace_json
-    from autosched.service.workloads import load_stored
-    from autosched.space import Config
-
-    with session_scope(factory) as session:
-        current = session.get(BestConfig, (trial.workload_key, trial.target_key))
-        if current is not None and current.latency <= latency:
-            return False
-        row = session.get(WorkloadRow, trial.workload_key)
-        assert row is not None  # the trial's foreign key
-    try:  # outside any transaction: applying a schedule takes a while
-        workload = load_stored(row)
-        trace = trace_json(apply_config(workload.prim_func, Config.from_json(trial.config), hw))
-    except AutoschedError as err:  # it built in the sandbox, so this is not expected
-        log.error("trial %d: could not export its trace (%s); best not updated", trial.id, err)
-        return False
-
-    values = {
-        "trial_id": trial.id,
-        "config": trial.config,
-        "trace": trace,
-        "latency": latency,
-        "gflops": row.flops / latency / 1e9,
-        "worker_id": worker_id,
-        "device_key": device_key,
-        "tvm_version": tvm.__version__,
-        "updated_at": utcnow(),
-    }
-    with session_scope(factory) as session:
-        table = BestConfig.__table__
-        stmt = insert_for(session, BestConfig).values(
-            workload_key=trial.workload_key, target_key=trial.target_key, **values
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["workload_key", "target_key"],
-            set_=values,
-            where=table.c.latency > stmt.excluded.latency,
-        ).returning(table.c.trial_id)
-        # A row comes back only when inserted or replaced (rowcount is -1 under psycopg).
-        updated = session.execute(stmt).first() is not None
-    if updated:
-        log.info("trial %d is the new best of %s (%.3g s)", trial.id, trial.workload_key, latency)
-    return updated
+def _through_outages(policy: FailurePolicy, write: Callable[[], T]) -> T:
+    """``write()``, tried again on transient database errors for ``policy.write_retry_s``."""
+    for attempt in retrying(policy.write_retry_s):
+        with attempt:
+            return write()
+    raise AssertionError("unreachable: retrying reraises the last error")

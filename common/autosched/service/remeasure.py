@@ -30,13 +30,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from autosched.db.models import Trial, db_now
 from autosched.db.session import session_scope
+from autosched.service.best_configs import offer_fastest
 from autosched.service.dispatch import DispatchMeasurer
-from autosched.service.measure_trials import (
-    batch_log_context,
-    measure_inputs,
-    offer_fastest,
-    worker_hardware,
-)
+from autosched.service.measure_trials import batch_log_context, measure_inputs, worker_hardware
 from autosched.service.sql_database import trial_result
 from autosched.space import Config
 from autosched.tune.measure import Measurer

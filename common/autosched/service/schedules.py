@@ -9,6 +9,7 @@ nothing: storing a workload is ``POST /v1/workloads``, which needs a submit toke
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -47,7 +48,7 @@ def get_schedule(
 ) -> ScheduleView:
     """``target_key`` None means the API host's own target. The template of a target seen
     for the first time is built (in the sandbox) and stored for the stored workload."""
-    target = _target(target_key, host_hw)
+    target = resolve_target(target_key, host_hw)
     row = get_workload_row(session, workload_key)
     template = find_template(session, row.key, target)
     best = session.get(BestConfig, (row.key, target))
@@ -73,11 +74,24 @@ def get_schedule(
     return _static(row.key, built, version)
 
 
+def best_version(session: Session, workload_key: str, target_key: str) -> datetime | None:
+    """When the best config of ``workload_key`` on ``target_key`` was last replaced (None:
+    nothing tuned yet), read by primary key: what a cached answer is checked against.
+    Publishing a best config always sets ``updated_at`` (``offer_best``, the ORM's onupdate),
+    and ``ScheduleView.updated_at`` is that value, so a cached view is current while the
+    two agree."""
+    return session.scalars(
+        select(BestConfig.updated_at).where(
+            BestConfig.workload_key == workload_key, BestConfig.target_key == target_key
+        )
+    ).first()
+
+
 def lookup_schedule(session: Session, req: ScheduleLookup, host_hw: HardwareParams) -> ScheduleView:
     """Fetch by compute declaration: the key and the schedule are computed (in the sandbox)
     and nothing is stored, so anonymous readers cannot fill the database."""
     check_document(req.workload)
-    target = _target(req.target, host_hw)
+    target = resolve_target(req.target, host_hw)
     hw = _hardware_for(session, target, host_hw)
     facts = workload_sandbox.describe(req.workload, [hw], trace=True)
     built = facts.targets[0]
@@ -109,7 +123,8 @@ def check_target_key(target: str) -> str:
     return target
 
 
-def _target(target_key: str | None, host_hw: HardwareParams) -> str:
+def resolve_target(target_key: str | None, host_hw: HardwareParams) -> str:
+    """A requested target key, checked; None means the API host's own target."""
     return check_target_key(target_key) if target_key is not None else host_hw.target_key
 
 

@@ -10,8 +10,9 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from autosched.db.models import ApiToken, utcnow
@@ -87,10 +88,13 @@ def create_token(
     return TokenCreated(id=row.id, name=row.name, scopes=scopes, device_keys=keys, token=token)
 
 
-def authenticate(session: Session, token: str | None, scope: str | None) -> ApiToken:
+def authenticate(
+    session: Session, token: str | None, scope: str | None, *, touch_interval_s: float
+) -> ApiToken:
     """The token's row if it is valid and grants ``scope`` (None: any valid token will do).
 
-    "admin" implies every scope.
+    "admin" implies every scope. Its ``last_used_at`` is recorded at most once per
+    ``touch_interval_s`` (``touch_last_used``).
     """
     if not token:
         raise AuthenticationError("a bearer token is required")
@@ -101,9 +105,31 @@ def authenticate(session: Session, token: str | None, scope: str | None) -> ApiT
         raise AuthenticationError("unknown or revoked token")
     if scope is not None and scope not in row.scopes and "admin" not in row.scopes:
         raise PermissionDeniedError(f"token {row.name!r} lacks the {scope!r} scope")
-    row.last_used_at = utcnow()
-    session.flush()
+    touch_last_used(session, row, touch_interval_s)
     return row
+
+
+def touch_last_used(session: Session, row: ApiToken, interval_s: float) -> None:
+    """Set ``last_used_at`` to now if it is older than ``interval_s``.
+
+    A write per authenticated request would make every read a write transaction (and, with
+    shared worker tokens, a queue on one row lock); what operators need from this column is
+    "used recently or not", so a token in steady use costs one write a minute. The age is
+    checked on the row just read, then again in the UPDATE's WHERE, so that of the API
+    processes that see it stale at once only the first writes.
+    """
+    now = utcnow()
+    stale_before = now - timedelta(seconds=interval_s)
+    if row.last_used_at is not None and row.last_used_at >= stale_before:
+        return
+    session.execute(
+        update(ApiToken)
+        .where(
+            ApiToken.id == row.id,
+            or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < stale_before),
+        )
+        .values(last_used_at=now)
+    )
 
 
 def revoke_token(session: Session, token_id: int) -> ApiToken:

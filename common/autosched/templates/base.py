@@ -9,10 +9,16 @@ from typing import Any, ClassVar
 from tvm import s_tir
 
 from autosched.analysis import MetaTemplateKind, StageInfo
+from autosched.fast_math import fast_form_fits
 from autosched.hardware import HardwareParams
-from autosched.space import Knob, KnobValue, ProductLimit, divisors
+from autosched.space import ChoiceKnob, Config, Knob, KnobValue, ProductLimit, divisors
 
 UNROLL_STEPS = (0, 16, 64, 512)
+
+#: The knob that picks how a stage's transcendentals are computed: the exact libm call, or
+#: the vectorizable polynomial of ``fast_math`` (applied before scheduling, so an inlined
+#: stage carries its form into its consumer).
+MATH, EXACT, FAST = "math", "exact", "fast"
 
 
 @dataclass(frozen=True)
@@ -137,3 +143,20 @@ def parallel_vectorize_root(
         sch.annotate(outer, "pragma_auto_unroll_max_step", unroll)
         sch.annotate(outer, "pragma_unroll_explicit", 1)
     return [outer, inner]
+
+
+def math_knobs(stage: StageInfo) -> list[Knob]:
+    """The ``math`` knob, on stages whose body calls a transcendental with a fast form."""
+    return [ChoiceKnob(MATH, (EXACT, FAST))] if stage.transcendentals else []
+
+
+def math_static(stage: StageInfo) -> dict[str, KnobValue]:
+    """Fast wherever every fast form the stage would use is accurate enough."""
+    if not stage.transcendentals:
+        return {}
+    return {MATH: FAST if fast_form_fits(stage.transcendentals) else EXACT}
+
+
+def fast_math_blocks(config: Config) -> list[str]:
+    """The stages whose config chose the fast forms, in config order."""
+    return [name for name, values in config.values.items() if values.get(MATH) == FAST]

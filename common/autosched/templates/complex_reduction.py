@@ -23,6 +23,8 @@ from autosched.templates.base import (
     TemplateContext,
     block_exists,
     loop_extent,
+    math_knobs,
+    math_static,
     reuse_axis,
 )
 
@@ -64,7 +66,7 @@ class ComplexReduction(MetaTemplate):
             knobs.append(ChoiceKnob("fuse_epilogue", (True, False)))
         if _vector_axis(stage) is not None and _has_reused_operand(stage):
             knobs.append(ChoiceKnob("pack", (False, True)))
-        return knobs
+        return knobs + math_knobs(stage)
 
     # ---- static heuristic -------------------------------------------------------------
     def static_values(self, stage: StageInfo, ctx: TemplateContext) -> dict[str, KnobValue]:
@@ -123,7 +125,7 @@ class ComplexReduction(MetaTemplate):
             # stride (dense's W[j, k]) or when long reductions stream whole panels of it.
             reduction = math.prod(extents[a] for a in stage.reduction_axes)
             values["pack"] = reduction >= 64
-        return values
+        return values | math_static(stage)
 
     # ---- apply --------------------------------------------------------------------------
     def apply(self, sch, stage, values, ctx, state) -> None:

@@ -15,6 +15,8 @@ from autosched.templates.base import (
     TemplateContext,
     best_vector,
     block_exists,
+    math_knobs,
+    math_static,
     parallel_vectorize_root,
     vector_choices,
 )
@@ -59,10 +61,10 @@ class DirectCompute(MetaTemplate):
 
     def knobs(self, stage: StageInfo, ctx: TemplateContext) -> list[Knob]:
         inline = [ChoiceKnob("inline", (True, False))] if self.can_inline(stage) else []
-        return inline + root_knobs(stage)
+        return inline + root_knobs(stage) + math_knobs(stage)
 
     def static_values(self, stage: StageInfo, ctx: TemplateContext) -> dict[str, KnobValue]:
-        values = root_static(stage, ctx.hw.vector_lanes_f32)
+        values = root_static(stage, ctx.hw.vector_lanes_f32) | math_static(stage)
         if self.can_inline(stage):
             values["inline"] = True
         return values

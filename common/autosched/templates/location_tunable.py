@@ -9,7 +9,14 @@ from tvm import s_tir
 
 from autosched.analysis import MetaTemplateKind, StageInfo
 from autosched.space import ChoiceKnob, Knob, KnobValue
-from autosched.templates.base import ApplyState, MetaTemplate, TemplateContext, block_exists
+from autosched.templates.base import (
+    ApplyState,
+    MetaTemplate,
+    TemplateContext,
+    block_exists,
+    math_knobs,
+    math_static,
+)
 from autosched.templates.direct_compute import apply_root, root_knobs, root_static, try_inline
 
 INLINE, ROOT, CONSUMER_OUTER, CONSUMER_TILE = "inline", "root", "consumer_outer", "consumer_tile"
@@ -23,7 +30,7 @@ class LocationTunable(MetaTemplate):
         locations: tuple[str, ...] = (INLINE, ROOT)
         if len(stage.consumers) == 1:
             locations += (CONSUMER_OUTER, CONSUMER_TILE)
-        return [ChoiceKnob("location", locations), *root_knobs(stage)]
+        return [ChoiceKnob("location", locations), *root_knobs(stage), *math_knobs(stage)]
 
     @staticmethod
     def inline_is_costly(stage: StageInfo) -> bool:
@@ -36,6 +43,7 @@ class LocationTunable(MetaTemplate):
         return {
             "location": ROOT if self.inline_is_costly(stage) else INLINE,
             **root_static(stage, ctx.hw.vector_lanes_f32),
+            **math_static(stage),
         }
 
     def inline(

@@ -16,6 +16,8 @@ from autosched.templates.base import (
     MetaTemplate,
     TemplateContext,
     best_vector,
+    math_knobs,
+    math_static,
     vector_choices,
 )
 from autosched.templates.direct_compute import MIN_PARALLEL_ELEMENTS
@@ -43,6 +45,7 @@ class SimpleReduction(MetaTemplate):
             ChoiceKnob("rfactor", _rfactor_choices(stage)),
             ChoiceKnob("unroll", UNROLL_STEPS),
             ChoiceKnob("parallel", (True, False)),
+            *math_knobs(stage),
         ]
 
     def static_values(self, stage: StageInfo, ctx: TemplateContext) -> dict[str, KnobValue]:
@@ -64,6 +67,7 @@ class SimpleReduction(MetaTemplate):
             "rfactor": rfactor,
             "unroll": 16 if math.prod(stage.extents[a] for a in stage.reduction_axes) <= 16 else 0,
             "parallel": work >= MIN_PARALLEL_ELEMENTS and spatial_total > 1,
+            **math_static(stage),
         }
 
     def apply(self, sch, stage, values, ctx, state) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from autosched.schemas import ErrorBody, ScheduleLookup, ScheduleView
 from autosched.service import schedules
-from services.api.deps import HostHardwareDep, ReadAccess, SessionDep
-from services.api.params import TargetKeyQuery, WorkloadKeyPath
+from services.api.deps import HostHardwareDep, ReadAccess, SessionDep, StateDep
+from services.api.params import IfNoneMatchHeader, TargetKeyQuery, WorkloadKeyPath
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 
@@ -32,13 +32,24 @@ def lookup_schedule(req: ScheduleLookup, session: SessionDep, hw: HostHardwareDe
     "/{workload_key}",
     response_model=ScheduleView,
     dependencies=[ReadAccess],
-    responses={404: {"model": ErrorBody}},
+    responses={
+        200: {"headers": {"ETag": {"description": "send it as If-None-Match to revalidate"}}},
+        304: {"description": "If-None-Match names the current answer"},
+        404: {"model": ErrorBody},
+    },
 )
 def get_schedule(
     workload_key: WorkloadKeyPath,
-    session: SessionDep,
+    state: StateDep,
     hw: HostHardwareDep,
     target: TargetKeyQuery = None,
-) -> ScheduleView:
-    """``target`` is a target key (``llvm/<mcpu>/<cores>c/<bits>b``); default: the API host's."""
-    return schedules.get_schedule(session, workload_key, target, hw)
+    if_none_match: IfNoneMatchHeader = None,
+) -> Response:
+    """``target`` is a target key (``llvm/<mcpu>/<cores>c/<bits>b``); default: the API host's.
+    Answers carry an ETag; they are kept by the server until a new best config is published
+    (``services.api.schedule_cache``)."""
+    target_key = schedules.resolve_target(target, hw)
+    answer = state.schedule_cache.fetch(state.sessions, workload_key, target_key, hw)
+    if answer.matches(if_none_match):
+        return Response(status_code=304, headers=answer.headers)
+    return Response(answer.body, media_type="application/json", headers=answer.headers)

@@ -22,6 +22,8 @@ THREAD_X, THREAD_Y, THREAD_Z = "threadIdx.x", "threadIdx.y", "threadIdx.z"
 THREAD_TAGS = (THREAD_Z, THREAD_Y, THREAD_X)
 #: resident threads per SM on every card since sm_70 (a "wave" of blocks fills them all)
 THREADS_PER_SM = 2048
+#: static and dynamic shared memory: both count against a block's limit
+SHARED_SCOPES = ("shared", "shared.dyn")
 
 
 def powers_of_two(low: int, high: int) -> list[int]:
@@ -190,25 +192,45 @@ def kernel_limits(gpu: GpuParams) -> dict[str, int]:
     }
 
 
+def _device_kernels(mod: tvm.IRModule, hw: HardwareParams) -> list[tirx.PrimFunc] | None:
+    """The kernels of ``mod`` once lowered; None if TVM refuses to lower it."""
+    try:
+        lowered = _lowering()(tirx.transform.BindTarget(cpu_target(hw))(mod))
+    except Exception:  # TVM refuses the placement while lowering (a plain TVMError)
+        return None
+    return [
+        func
+        for func in lowered.functions.values()
+        if isinstance(func, tirx.PrimFunc) and _is_device_kernel(func)
+    ]
+
+
+def _shared_bytes(func: tirx.PrimFunc) -> int:
+    allocated = s_tir.analysis.calculate_allocated_bytes(func)["main"]
+    return sum(int(allocated.get(scope, 0)) for scope in SHARED_SCOPES)
+
+
+def kernel_shared_bytes(mod: tvm.IRModule, hw: HardwareParams) -> list[int] | None:
+    """Shared memory (static and dynamic) of every kernel of ``mod``; None if TVM refuses
+    to lower it."""
+    kernels = _device_kernels(mod, hw)
+    return None if kernels is None else [_shared_bytes(func) for func in kernels]
+
+
 def kernels_fit(mod: tvm.IRModule, hw: HardwareParams) -> bool:
     """Whether every kernel of ``mod`` (scheduled so far; unbound blocks are ignored) lowers
     and keeps within the GPU's shared memory and threads per block. A few milliseconds:
     meant for a trial ``sch.copy()`` before committing to a placement TVM may refuse."""
     assert hw.gpu is not None, "a CUDA device"
-    try:
-        lowered = _lowering()(tirx.transform.BindTarget(cpu_target(hw))(mod))
-    except Exception:  # TVM refuses the placement while lowering (a plain TVMError)
+    kernels = _device_kernels(mod, hw)
+    if kernels is None:
         return False
     limits = kernel_limits(hw.gpu)
-    for func in lowered.functions.values():
-        if not isinstance(func, tirx.PrimFunc) or not _is_device_kernel(func):
-            continue
-        shared = s_tir.analysis.calculate_allocated_bytes(func)["main"].get("shared", 0)
-        if int(shared) > hw.gpu.max_shared_memory_per_block:
-            return False
-        if not s_tir.analysis.verify_gpu_code(func, limits):
-            return False
-    return True
+    return all(
+        _shared_bytes(func) <= hw.gpu.max_shared_memory_per_block
+        and s_tir.analysis.verify_gpu_code(func, limits)
+        for func in kernels
+    )
 
 
 # ``CallingConv::kDeviceKernelLaunch``: what SplitHostDevice marks the kernels it outlines with.

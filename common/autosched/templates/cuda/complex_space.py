@@ -120,6 +120,10 @@ def operand_budget(stage: StageInfo, gpu: GpuParams) -> int:
     return max(1, gpu.max_shared_memory_per_block // ASSUMED_BYTES // operands)
 
 
+def is_one(expr: Any) -> bool:
+    return hasattr(expr, "value") and int(expr.value) == 1
+
+
 def uses_var(expr: Any, var: Any) -> bool:
     return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
 
