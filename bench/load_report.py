@@ -91,7 +91,7 @@ def environment(args: argparse.Namespace, mode: str) -> dict[str, str]:
     auth = (
         f"anonymous reads, anonymous rate limit raised to {BENCH_RATE_LIMIT}"
         if args.auth == "anonymous"
-        else "admin token on every read (token lookup and last_used_at per request)"
+        else "admin token on every read (token lookup per request; last_used_at once a minute)"
     )
     return {
         "cpu": f"{cpu_model()}, {os.cpu_count()} cores",

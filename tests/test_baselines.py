@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +45,20 @@ def target() -> object:
 
 
 def run_torch(name: str, inputs: list[np.ndarray]) -> np.ndarray:
-    """The torch baseline of a zoo kernel, as the timers call it: numpy in, numpy out."""
+    """The torch baseline of a zoo kernel, as the timers call it: numpy in, numpy out.
+
+    Run on a fresh thread: after the API tests, the main thread of this long process gave
+    torch's ``exp`` errors of ~2e-4 on its own chunk of the output (the other intra-op
+    thread's chunk was exact), so some thread-local math-library state had changed there;
+    a benchmark process starts clean, and so does a new thread."""
     import torch
 
-    with torch.inference_mode():
-        return bl.torch_fn(name)(*bl.to_torch(inputs)).numpy()
+    def run() -> np.ndarray:
+        with torch.inference_mode():
+            return bl.torch_fn(name)(*bl.to_torch(inputs)).numpy()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result()
 
 
 def run_numpy(name: str, inputs: list[np.ndarray]) -> np.ndarray | None:

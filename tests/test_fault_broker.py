@@ -35,7 +35,7 @@ from autosched.settings import Settings
 from autosched.tune.trial import TrialStatus
 from autosched.vocabulary import TrialState
 from autosched.wire import Workload
-from tests.farm_support import online, start, stop
+from tests.farm_support import online, start, stop, wait_for
 from tests.fault_outcome import FaultOutcome, check_jobs, results_recorded
 from tests.fault_support import PrivateRedis, free_port
 
@@ -117,7 +117,7 @@ def running(private_pg_url, private_redis, tmp_path: Path, device_key, monkeypat
     token = (tmp_path / "token").read_text().strip()
     try:
         factory = session_factory(private_pg_url)
-        _wait(lambda: len(online(factory, device_key)) == 2, 120, "two workers online", 0.2)
+        wait_for(lambda: len(online(factory, device_key)) == 2, 120, "two workers online", 0.2)
         yield Running(service, private_redis, device_key, token)
     finally:
         stop(second)
@@ -135,16 +135,6 @@ def _submit(run: Running) -> dict[int, tuple[str, int]]:
             job = client.submit_job([workload], device_key=run.device_key, trials=trials, seed=seed)
             jobs[job.id] = (workload.key, trials)
     return jobs
-
-
-def _wait(predicate, timeout: float, what: str, poll: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _queued_behind_busy_workers(run: Running) -> list[int] | None:
@@ -185,9 +175,9 @@ def _recover(
     """Wait for the lost trials to be sent again, then claimed: both times as text, and
     the seconds until re-sent and until claimed."""
     back = time.monotonic()
-    _wait(lambda: _resent(run, before), timeout, f"lost trials {lost} to be sent again")
+    wait_for(lambda: _resent(run, before), timeout, f"lost trials {lost} to be sent again", 0.05)
     resent = time.monotonic() - back
-    _wait(lambda: _claimed(run, lost), timeout, f"lost trials {lost} to be claimed again")
+    wait_for(lambda: _claimed(run, lost), timeout, f"lost trials {lost} to be claimed again", 0.05)
     claimed = time.monotonic() - back
     text = f"re-sent {resent:.1f} s and claimed {claimed:.1f} s after Redis was back"
     return text, resent, claimed
@@ -253,7 +243,7 @@ def _check_exact(
 def test_redis_restart_loses_queued_batches_and_the_jobs_finish_exactly(running: Running):
     run = running
     jobs = _submit(run)
-    lost = _wait(lambda: _queued_behind_busy_workers(run), 120, "batches queued in Redis")
+    lost = wait_for(lambda: _queued_behind_busy_workers(run), 120, "batches queued in Redis", 0.05)
     before = _dispatch_counts(run, lost)
     waiting = run.redis.cli("llen", run.queue)
     run.redis.stop()  # SHUTDOWN NOSAVE: the queue and every unacked message are gone
@@ -274,7 +264,7 @@ def test_redis_restart_loses_queued_batches_and_the_jobs_finish_exactly(running:
 def test_redis_down_for_a_while_delays_the_jobs_and_loses_nothing(running: Running):
     run = running
     jobs = _submit(run)
-    lost = _wait(lambda: _queued_behind_busy_workers(run), 120, "batches queued in Redis")
+    lost = wait_for(lambda: _queued_behind_busy_workers(run), 120, "batches queued in Redis", 0.05)
     before = _dispatch_counts(run, lost)
     connected = _connections(run)
     run.redis.stop()
@@ -287,7 +277,7 @@ def test_redis_down_for_a_while_delays_the_jobs_and_loses_nothing(running: Runni
     run.redis.start()
     back = time.monotonic()
     outage = back - down
-    _wait(lambda: _rejoined(run, connected), 60, "both workers to reconnect", 0.1)
+    wait_for(lambda: _rejoined(run, connected), 60, "both workers to reconnect", 0.1)
     rejoin = time.monotonic() - back
     times, resent, claimed = _recover(run, lost, before, 90)
     # Whether a publish outlived Celery's retries (~50 s) depends on when the scheduler
