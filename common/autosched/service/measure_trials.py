@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from autosched.db.models import Job, Trial, Worker, WorkloadRow, db_now
@@ -64,15 +64,19 @@ def claim_trials(session: Session, trial_ids: Sequence[int], worker_id: str) -> 
     return sorted(claimed)
 
 
+def _claimed_by(trial_id: int, worker_id: str) -> ColumnElement[bool]:
+    """The trial is still running on ``worker_id``: not reaped and sent elsewhere meanwhile.
+    Every write of a worker's outcome is conditional on it."""
+    return and_(
+        Trial.id == trial_id, Trial.state == TrialState.RUNNING, Trial.worker_id == worker_id
+    )
+
+
 def record_result(session: Session, trial_id: int, worker_id: str, result: MeasureResult) -> bool:
     """Store ``result`` if the trial is still running by ``worker_id``; whether it was."""
     stored = session.execute(
         update(Trial)
-        .where(
-            Trial.id == trial_id,
-            Trial.state == TrialState.RUNNING,
-            Trial.worker_id == worker_id,
-        )
+        .where(_claimed_by(trial_id, worker_id))
         .values(**result_values(result))
         .execution_options(synchronize_session=False)
     )
@@ -232,12 +236,7 @@ def hand_back(
     this worker's; whether it went back."""
     back = session.execute(
         update(Trial)
-        .where(
-            Trial.id == trial_id,
-            Trial.state == TrialState.RUNNING,
-            Trial.worker_id == worker_id,
-            Trial.attempts + 1 < max_attempts,
-        )
+        .where(_claimed_by(trial_id, worker_id), Trial.attempts + 1 < max_attempts)
         .values(
             state=TrialState.QUEUED,
             worker_id=None,
@@ -273,9 +272,7 @@ def settle(
     )
     stored = session.execute(
         update(Trial)
-        .where(
-            Trial.id == trial_id, Trial.state == TrialState.RUNNING, Trial.worker_id == worker_id
-        )
+        .where(_claimed_by(trial_id, worker_id))
         .values(
             **result_values(spent),
             attempts=Trial.attempts + 1,
