@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,19 +19,14 @@ import pytest
 
 from autosched.service.tokens import create_token
 from tests.api_support import db, known_device, matmul
+from tests.fault_support import free_port
 from tests.schedule_support import publish_best
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
 def serving(data_dir: Path, api_workers: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """The API on its embedded SQLite database under ``data_dir``: its URL and process."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, AUTOSCHED_DATA_DIR=str(data_dir), AUTOSCHED_API_PORT=str(port))
     env["AUTOSCHED_API_WORKERS"] = str(api_workers)
     for name in ("DATABASE_URL", "REDIS_URL", "AUTOSCHED_DATABASE_URL", "AUTOSCHED_REDIS_URL"):
