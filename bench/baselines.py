@@ -27,7 +27,16 @@ if TYPE_CHECKING:
 # Kernels whose natural baseline is BLAS through numpy (torch also calls a BLAS for them,
 # but numpy is the plainer reference and the one the targets are stated against).
 MATMUL_LIKE: frozenset[str] = frozenset(
-    {"matmul_512", "matmul_1024", "matmul_awkward", "dense_bias_relu", "batch_matmul"}
+    {
+        "matmul_512",
+        "matmul_1024",
+        "matmul_awkward",
+        "matmul_prime",
+        "matvec",
+        "mlp",
+        "dense_bias_relu",
+        "batch_matmul",
+    }
 )
 
 
@@ -75,11 +84,24 @@ def _np_batch_matmul(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.matmul(x, y.transpose(0, 2, 1))
 
 
+def _np_mlp(
+    x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray
+) -> np.ndarray:
+    y = _np_dense_bias_relu(x, w1, b1)
+    z = y @ w2.T
+    z += b2
+    return z
+
+
 def numpy_fn(name: str) -> Callable[..., np.ndarray] | None:
     """numpy implementation of a zoo kernel, or None when it is not matmul-like."""
-    if name.startswith("matmul_"):
+    if name.startswith("matmul_") or name == "matvec":
         return _np_matmul
-    return {"dense_bias_relu": _np_dense_bias_relu, "batch_matmul": _np_batch_matmul}.get(name)
+    return {
+        "dense_bias_relu": _np_dense_bias_relu,
+        "batch_matmul": _np_batch_matmul,
+        "mlp": _np_mlp,
+    }.get(name)
 
 
 # --------------------------------------------------------------------------------------
@@ -106,11 +128,20 @@ def _torch_fns() -> dict[str, Callable[..., torch.Tensor]]:
 
         return f
 
-    def conv2d_bias_relu(
-        data: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor
+    def mlp(
+        x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
     ) -> torch.Tensor:
-        # The zoo's bias is (F, 1, 1) and broadcast over NCHW; F.conv2d wants it flat.
-        return torch.relu(F.conv2d(data, kernel, bias.reshape(-1), padding=1))
+        return F.linear(torch.relu(F.linear(x, w1, b1)), w2, b2)
+
+    def conv_bias_relu(stride: int) -> Callable[..., torch.Tensor]:
+        def f(data: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            # The zoo's bias is (F, 1, 1) and broadcast over NCHW; F.conv2d wants it flat.
+            return torch.relu(F.conv2d(data, kernel, bias.reshape(-1), stride=stride, padding=1))
+
+        return f
+
+    def gelu(x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x)  # the erf form, as the zoo's
 
     def depthwise_conv2d(data: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         return F.conv2d(data, kernel, padding=1, groups=data.shape[1])
@@ -161,17 +192,23 @@ def _torch_fns() -> dict[str, Callable[..., torch.Tensor]]:
         "matmul_512": matmul,
         "matmul_1024": matmul,
         "matmul_awkward": matmul,
+        "matmul_prime": matmul,
+        "matvec": matmul,
+        "mlp": mlp,
         "dense_bias_relu": dense_bias_relu,
         "batch_matmul": batch_matmul,
         "conv2d_resnet_c2": conv(1, 1),
         "conv2d_resnet_c3": conv(1, 1),
         "conv2d_resnet_c4_s2": conv(2, 1),
         "conv2d_resnet_1x1": conv(2, 0),
-        "conv2d_bias_relu": conv2d_bias_relu,
+        "conv2d_bias_relu": conv_bias_relu(1),
+        "conv2d_s2_bias_relu": conv_bias_relu(2),
         "depthwise_conv2d": depthwise_conv2d,
         "max_pool": max_pool,
         "softmax": softmax,
         "layer_norm": layer_norm,
+        "layer_norm_odd": layer_norm,
+        "gelu": gelu,
         "row_sum": row_sum,
         "elementwise_chain": elementwise_chain,
         "transpose": transpose,

@@ -31,3 +31,23 @@ def synthetic_latency(config: Config) -> MeasureResult:
         # Deliberately broken: the fastest of all, but its output is wrong.
         return MeasureResult(TrialStatus.WRONG_ANSWER, math.inf, "synthetic mismatch")
     return MeasureResult(TrialStatus.OK, cost * 1e-3, latencies=(cost * 1e-3,))
+
+
+def two_basin_latency(config: Config) -> MeasureResult:
+    """A deceptive 'machine': a wide basin around the usual structure (best 1.0) and a
+    narrow, better one (best 0.3) that only opens when three structural knobs change
+    together (inner order, no packing, write-back at s0), then needs its own tiles."""
+    c = config.values["C"]
+    i, j, k = c["tile_s0"], c["tile_s1"], c["tile_r2"]
+    wide = 1.0 + 0.2 * abs(math.log2(j[3]) - 3) + 0.2 * abs(math.log2(i[2]) - 2)
+    cost = wide
+    if c["inner_order"] == "s2_r1_s3" and not c["pack"] and c["write_level"] == 0:
+        narrow = (
+            0.3
+            + 0.15 * abs(math.log2(j[3]) - 4)
+            + 0.15 * abs(math.log2(i[2]) - 3)
+            + 0.1 * abs(math.log2(k[1]) - 2)
+            + 0.15 * abs(math.log2(j[1]) - 1)
+        )
+        cost = min(wide, narrow)
+    return MeasureResult(TrialStatus.OK, cost * 1e-3, latencies=(cost * 1e-3,))

@@ -75,7 +75,8 @@ def test_zoo_roundtrip_through_text(name: str) -> None:
     tensors = zoo.tensors(name)
     text = json.dumps(serialize(tensors, name))
     rebuilt = deserialize(text)
-    assert [t.name for t in rebuilt] == [t.name for t in tensors] or name == "lenet"
+    # Stage names repeated in the DAG (topi's T_add twice) come back made unique.
+    assert [t.name for t in rebuilt] == [t.name for t in tensors] or name in ("lenet", "mlp")
     tvm.ir.assert_structural_equal(
         without_block_annotations(te.create_prim_func(tensors)), te.create_prim_func(rebuilt)
     )

@@ -55,11 +55,13 @@ def _conv2d(n: int, c: int, hw: int, f: int, ksize: int, stride: int, pad: int) 
     return [data, kernel, out]
 
 
-def _conv2d_bias_relu(n: int = 1, c: int = 64, hw: int = 56, f: int = 64) -> Tensors:
+def _conv2d_bias_relu(
+    n: int = 1, c: int = 64, hw: int = 56, f: int = 64, stride: int = 1
+) -> Tensors:
     data = te.placeholder((n, c, hw, hw), "float32", name="data")
     kernel = te.placeholder((f, c, 3, 3), "float32", name="kernel")
     bias = te.placeholder((f, 1, 1), "float32", name="bias")
-    conv = topi.nn.conv2d_nchw(data, kernel, 1, 1, 1)
+    conv = topi.nn.conv2d_nchw(data, kernel, stride, 1, 1)
     return [data, kernel, bias, topi.nn.relu(topi.add(conv, bias))]
 
 
@@ -85,6 +87,38 @@ def _layer_norm(m: int = 512, n: int = 768) -> Tensors:
     gamma = te.placeholder((n,), "float32", name="gamma")
     beta = te.placeholder((n,), "float32", name="beta")
     return [x, gamma, beta, topi.nn.layer_norm(x, gamma, beta, axis=[1])]
+
+
+def _gelu(m: int = 256, n: int = 3072) -> Tensors:
+    """BERT's GELU, exact form: 0.5 x (1 + erf(x / sqrt 2))."""
+    x = te.placeholder((m, n), "float32", name="X")
+    half, rsqrt2 = tirx.const(0.5, "float32"), tirx.const(0.7071067811865476, "float32")
+    one = tirx.const(1.0, "float32")
+    return [
+        x,
+        te.compute(
+            (m, n), lambda i, j: half * x[i, j] * (one + te.erf(x[i, j] * rsqrt2)), name="gelu"
+        ),
+    ]
+
+
+def _matvec(m: int = 8192, k: int = 2048) -> Tensors:
+    """A matrix-vector product whose matrix (64 MiB) does not fit in cache: memory-bound."""
+    a = te.placeholder((m, k), "float32", name="A")
+    x = te.placeholder((k,), "float32", name="x")
+    r = te.reduce_axis((0, k), name="k")
+    return [a, x, te.compute((m,), lambda i: te.sum(a[i, r] * x[r], axis=r), name="y")]
+
+
+def _mlp(tokens: int = 128, width: int = 768, hidden: int = 3072) -> Tensors:
+    """dense -> bias -> ReLU -> dense -> bias: a transformer feed-forward block."""
+    x = te.placeholder((tokens, width), "float32", name="X")
+    w1 = te.placeholder((hidden, width), "float32", name="W1")
+    b1 = te.placeholder((hidden,), "float32", name="b1")
+    w2 = te.placeholder((width, hidden), "float32", name="W2")
+    b2 = te.placeholder((width,), "float32", name="b2")
+    h = topi.nn.relu(topi.nn.dense(x, w1, b1))
+    return [x, w1, b1, w2, b2, topi.nn.dense(h, w2, b2)]
 
 
 def _row_sum(m: int = 1024, n: int = 1024) -> Tensors:
@@ -143,6 +177,14 @@ ZOO: dict[str, ZooEntry] = {
         _entry(
             "matmul_awkward", "matmul", "fp32 matmul 257x511x129", lambda: _matmul(257, 511, 129)
         ),
+        _entry(
+            "matmul_prime",
+            "matmul",
+            "fp32 matmul 251x509x127 (primes)",
+            lambda: _matmul(251, 509, 127),
+        ),
+        _entry("matvec", "matvec", "matrix-vector 8192x2048 (64 MiB matrix)", _matvec),
+        _entry("mlp", "mlp", "dense-bias-ReLU-dense-bias 128x768->3072->768", _mlp),
         _entry("dense_bias_relu", "dense", "dense 128x1024x1024 + bias + ReLU", _dense_bias_relu),
         _entry("batch_matmul", "batch_matmul", "batch_matmul 12x128x64x128", _batch_matmul),
         _entry(
@@ -172,10 +214,18 @@ ZOO: dict[str, ZooEntry] = {
         _entry(
             "conv2d_bias_relu", "conv", "conv2d 3x3 64->64 @56x56 + bias + ReLU", _conv2d_bias_relu
         ),
+        _entry(
+            "conv2d_s2_bias_relu",
+            "conv",
+            "conv2d 3x3/2 128->256 @28x28 + bias + ReLU",
+            lambda: _conv2d_bias_relu(1, 128, 28, 256, 2),
+        ),
         _entry("depthwise_conv2d", "conv", "depthwise 3x3 128ch @56x56", _depthwise_conv2d),
         _entry("max_pool", "pool", "max-pool 3x3/2 64ch @112x112", _max_pool),
         _entry("softmax", "softmax", "softmax 256x1000", _softmax),
         _entry("layer_norm", "layer_norm", "layer norm 512x768", _layer_norm),
+        _entry("layer_norm_odd", "layer_norm", "layer norm 509x771", lambda: _layer_norm(509, 771)),
+        _entry("gelu", "gelu", "GELU (erf) 256x3072", _gelu),
         _entry("row_sum", "reduce", "row sum 1024x1024", _row_sum),
         _entry("elementwise_chain", "elementwise", "x*2+y -> exp-1 -> relu", _elementwise_chain),
         _entry("transpose", "elementwise", "transpose 1024x768", _transpose),

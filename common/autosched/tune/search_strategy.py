@@ -6,6 +6,13 @@ are the best measured configs plus random samples; a few generations of mutation
 resampled) and crossover (stages taken from either parent) grow a population the cost model
 ranks; the batch is the best-predicted fresh configs, with an epsilon share of random ones so
 the model keeps seeing the unexplored space.
+
+Long runs (hundreds of trials) must keep improving where better configs exist, so the search
+guards against collapsing into one basin: the elite parents are kept apart (no two closer
+than ``min_distance`` knobs), a mutation now and then changes several knobs at once (a good
+config of another structure often differs in several knobs together: loop order, packing and
+a tile), and when the best has not improved for ``patience`` batches the search restarts its
+parents from far, random configs and raises the random share, until it improves again.
 """
 
 from __future__ import annotations
@@ -84,6 +91,9 @@ class EvolutionarySearch(SearchStrategy):
         mutation_prob: float = 0.85,
         epsilon: float = 0.1,
         local_prob: float = 0.7,
+        extra_knob_prob: float = 0.3,
+        min_distance: int = 2,
+        patience: int = 4,
         initial: list[Config] | None = None,
     ) -> None:
         super().__init__(template, seed)
@@ -94,14 +104,42 @@ class EvolutionarySearch(SearchStrategy):
         self.mutation_prob = mutation_prob
         self.epsilon = epsilon
         self.local_prob = local_prob
+        self.extra_knob_prob = extra_knob_prob
+        self.min_distance = min_distance
+        self.patience = patience
+        self.best = math.inf
+        self.stale_batches = 0  # batches since the best last improved (by > 0.5 %)
         self.initial = list(initial or [])  # e.g. the static config: measured first
         # The initial configs also stay parents: a strong heuristic's neighbourhood is where
         # the first batches (with a cost model that knows little yet) search best.
         self.seeds = list(self.initial)
 
+    def notify(self, configs: list[Config], results: list[MeasureResult]) -> None:
+        super().notify(configs, results)
+        best = min((r.latency for r in results), default=math.inf)
+        if best < self.best * 0.995:
+            self.best, self.stale_batches = best, 0
+        else:
+            self.best = min(self.best, best)
+            self.stale_batches += 1
+
+    @property
+    def stalled(self) -> bool:
+        """Every other batch once the best has not moved for ``patience`` batches: the
+        batches in between keep refining the best basin found so far."""
+        return self.stale_batches >= self.patience and self.stale_batches % 2 == 0
+
     # ---- variation operators ------------------------------------------------------------
     def mutate(self, config: Config) -> Config:
+        """Resample one knob, and with ``extra_knob_prob`` each, one more, and so on."""
         values = {s: dict(v) for s, v in config.values.items()}
+        self._mutate_one(values)
+        while self.rng.random() < self.extra_knob_prob:
+            self._mutate_one(values)
+        # A step may break a limit over several knobs (a GPU block's threads): repair it.
+        return self.template.repair(Config(values))
+
+    def _mutate_one(self, values: dict[str, dict]) -> None:
         space = self.rng.choice([s for s in self.template.stages if s.knobs])
         knob = self.rng.choice(space.knobs)
         current = values[space.stage][knob.name]
@@ -117,8 +155,6 @@ class EvolutionarySearch(SearchStrategy):
             )
         else:
             values[space.stage][knob.name] = knob.sample(self.rng)
-        # A step may break a limit over several knobs (a GPU block's threads): repair it.
-        return self.template.repair(Config(values))
 
     def crossover(self, a: Config, b: Config) -> Config:
         return Config({s: dict((a if self.rng.random() < 0.5 else b).values[s]) for s in a.values})
@@ -128,10 +164,27 @@ class EvolutionarySearch(SearchStrategy):
         ranked = sorted(
             (v for v in self.measured.values() if math.isfinite(v[1])), key=lambda v: v[1]
         )
-        parents = [c for c, _ in ranked[: self.elite]]
+        if self.stalled:
+            # Restart: the best few stay (they are still the ones to beat), the rest of the
+            # parents are random configs far from them.
+            parents = self._diverse([c for c, _ in ranked], self.elite // 4)
+            return parents + [self.template.sample(self.rng) for _ in range(4 * self.elite)]
+        parents = self._diverse([c for c, _ in ranked], self.elite)
         parents += [c for c in self.seeds if c not in parents]
         parents += [self.template.sample(self.rng) for _ in range(self.elite)]
         return parents
+
+    def _diverse(self, ranked: list[Config], n: int) -> list[Config]:
+        """The best ``n`` of ``ranked`` that keep ``min_distance`` knobs from each other; the
+        next best fill up when too few are that far apart."""
+        chosen: list[Config] = []
+        for config in ranked:
+            if len(chosen) == n:
+                return chosen
+            if all(_distance(config, c) >= self.min_distance for c in chosen):
+                chosen.append(config)
+        rest = [c for c in ranked if c not in chosen]
+        return chosen + rest[: n - len(chosen)]
 
     def _evolve(self, parents: list[Config]) -> list[Config]:
         pool = list(parents)
@@ -151,7 +204,12 @@ class EvolutionarySearch(SearchStrategy):
     def generate(self, n: int) -> list[Config]:
         batch = [c for c in self.initial if self.take(c)][:n]
         self.initial = []
-        n_random = max(1, round(self.epsilon * n)) if n > 1 else 0
+        epsilon = 0.5 if self.stalled else self.epsilon
+        n_random = max(1, round(epsilon * n)) if n > 1 else 0
+        # A few neighbours of the best, whatever the model thinks of them: where the model
+        # knows a basin poorly (few samples there) it would otherwise stop refining it.
+        n_local = n // 8 if self.measured else 0
+        batch += self._neighbours_of_best(min(n_local, n - n_random - len(batch)))
         population = self._evolve(self._parents())
         scores = self.cost_model.predict(self.template, population)
         for i in sorted(range(len(population)), key=lambda i: -scores[i]):
@@ -161,3 +219,30 @@ class EvolutionarySearch(SearchStrategy):
                 batch.append(population[i])
         batch += self.random_fresh(n - len(batch))
         return batch
+
+    def _neighbours_of_best(self, n: int) -> list[Config]:
+        ranked = sorted(
+            (v for v in self.measured.values() if math.isfinite(v[1])), key=lambda v: v[1]
+        )
+        if not ranked or n <= 0:
+            return []
+        best = ranked[0][0]
+        found: list[Config] = []
+        for _ in range(n * MAX_DRAWS_PER_CONFIG):
+            if len(found) == n:
+                break
+            values = {s: dict(v) for s, v in best.values.items()}
+            self._mutate_one(values)
+            config = self.template.repair(Config(values))
+            if self.take(config):
+                found.append(config)
+        return found
+
+
+def _distance(a: Config, b: Config) -> int:
+    """How many knobs two configs of one template set differently."""
+    return sum(
+        a.values[stage][name] != value
+        for stage, knobs in b.values.items()
+        for name, value in knobs.items()
+    )
