@@ -169,6 +169,9 @@ def _torch_fns() -> dict[str, Callable[..., torch.Tensor]]:
         # .contiguous() so the copy really happens (x.T alone is a free view).
         return x.t().contiguous()
 
+    def permute_nhwc(x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1).contiguous()
+
     def lenet(
         data: torch.Tensor,
         w1: torch.Tensor,
@@ -212,6 +215,8 @@ def _torch_fns() -> dict[str, Callable[..., torch.Tensor]]:
         "row_sum": row_sum,
         "elementwise_chain": elementwise_chain,
         "transpose": transpose,
+        "transpose_awkward": transpose,
+        "permute_nhwc": permute_nhwc,
         "lenet": lenet,
     }
 

@@ -8,13 +8,14 @@ numpy and PyTorch, so that neither tuner's own measurement decides the compariso
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,6 +26,14 @@ from rich.console import Console
 from autosched import zoo
 from bench import harness
 from bench.report import BaselineTimes, FieldRatio, gflop
+from bench.tuning_curve import (
+    BatchClock,
+    autosched_latencies,
+    end_points,
+    ms_clock_callback,
+    ms_latencies,
+    wall_at,
+)
 
 
 @dataclass
@@ -50,6 +59,12 @@ class Row(BaselineTimes):
     # baselines
     numpy_s: float | None = None
     torch_s: float | None = None
+    # tuning curves: trials -> best latency within the first n trials (tuners' own timings)
+    as_curve: dict[int, float | None] = field(default_factory=dict)
+    ms_curve: dict[int, float | None] = field(default_factory=dict)
+    # ... and the wall seconds until the batch that reached those trial counts
+    as_curve_wall: dict[int, float | None] = field(default_factory=dict)
+    ms_curve_wall: dict[int, float | None] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     # MetaSchedule time / autosched time: > 1 means autosched is faster.
@@ -136,9 +151,20 @@ def tune_autosched(
     wl = Workload.from_tensors(func_tensors, name)
     with tempfile.TemporaryDirectory(prefix=f"vsms-as-{name}-") as d:
         t0 = time.perf_counter()
-        res = tune(wl, trials, hw=hw, batch_size=16, seed=seed, work_dir=d)
+        clock = BatchClock()
+        res = tune(
+            wl,
+            trials,
+            hw=hw,
+            batch_size=16,
+            seed=seed,
+            work_dir=d,
+            on_batch=lambda p: clock.mark(p.trials_done),
+        )
         row.as_tune_s = time.perf_counter() - t0
+    row.as_curve_wall = wall_at(clock.marks, trials)
     row.as_trials = len(res.history)
+    row.as_curve = end_points(autosched_latencies(res.history), trials)
     row.as_tuned_s = res.best_latency if math.isfinite(res.best_latency) else None
     errors: dict[str, int] = {}
     for r in res.history:
@@ -157,12 +183,15 @@ def tune_metaschedule(
     row: Row,
     *,
     builder_workers: int = 2,
+    work_dir: str | None = None,
 ) -> Any:
     """Tune with MetaSchedule; returns the best schedule (or None) and fills ``row``.
 
     ``builder_workers``: its builder's processes. The CPU benchmark keeps 2 (the cores the
     kernels run on); bench/gpu.py gives it as many as autosched's builder gets (the host's
     CPUs), so that neither tuner's wall time is decided by how many compilers it may run.
+    ``work_dir``: keep MetaSchedule's database there (bench/explain_ms.py reads it again);
+    a temporary directory otherwise.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -170,8 +199,9 @@ def tune_metaschedule(
     # call resets the logger to DEBUG: quiet it each time (its per-task logs still go to
     # work_dir/logs).
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix=f"vsms-ms-{row.kernel}-") as d:
+    with _work_dir(work_dir, f"vsms-ms-{row.kernel}-") as d:
         t0 = time.perf_counter()
+        clock = BatchClock()
         db = ms.tune_tir(
             mod=func,
             target=target,
@@ -180,8 +210,14 @@ def tune_metaschedule(
             num_trials_per_iter=32,
             builder=ms.builder.LocalBuilder(max_workers=builder_workers, f_build=fast_build),
             seed=seed,
+            measure_callbacks=[
+                *ms.measure_callback.MeasureCallback.create("default"),
+                ms_clock_callback(clock),
+            ],
         )
         row.ms_tune_s = time.perf_counter() - t0
+        row.ms_curve_wall = wall_at(clock.marks, trials)
+        row.ms_curve = end_points(ms_latencies(d), trials)
         records = db.get_all_tuning_records()
         row.ms_trials = len(records)
         secs = [
@@ -200,6 +236,15 @@ def tune_metaschedule(
         if sch is not None:
             row.extra["ms_best_trace"] = str(sch.trace)
     return sch
+
+
+@contextlib.contextmanager
+def _work_dir(keep: str | None, prefix: str) -> Iterator[str]:
+    if keep is not None:
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as d:
+        yield d
 
 
 # --------------------------------------------------------------------------------------

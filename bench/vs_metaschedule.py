@@ -12,6 +12,7 @@ hits both alike, check both against the unscheduled ("naive") build, and time nu
     ... --extra-256 matmul_1024,conv2d_resnet_c2           # those also at 256 trials
     ... --lenet                                            # also tune LeNet vs PyTorch
     ... --json out.json                                    # also dump the numbers
+    ... --trials 1000 --curve --kernels conv2d_bias_relu   # large budget, tuning curves
 
 Unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE (as scripts/run.sh does): this machine's
 environment forces an old Haswell kernel on OpenBLAS, which would make the numpy baseline
@@ -58,7 +59,7 @@ import tvm
 
 from autosched.hardware import cpu_target, detect_hardware
 from bench import env as benv
-from bench import harness, report, roofline
+from bench import harness, report, roofline, tuning_curve
 from bench.tune_both import Plan, Row, bench_one, time_oneoff_imports
 
 console = report.make_console(180)
@@ -232,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lenet", action="store_true", help="also tune LeNet vs PyTorch")
     ap.add_argument("--lenet-trials", type=int, default=64)
     ap.add_argument("--no-ms", action="store_true", help="skip MetaSchedule (autosched only)")
+    ap.add_argument(
+        "--curve",
+        action="store_true",
+        help="print the tuning curves' end points (best after 64, 128, 256, 512, 1000 "
+        "trials); on by default above 64 trials, always in the JSON",
+    )
     ap.add_argument("--seed", type=int, default=0, help="tuner seed and input seed")
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
@@ -297,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         "baseline time / autosched time, baseline numpy (np) for matmul-like kernels, PyTorch "
         "(pt) otherwise. tune s = wall time of tune() / tune_tir(). " + report.ROOF_LEGEND
     )
+    if args.curve or max(t for _, t in jobs) > 64:
+        tuning_curve.print_curves(console, rows)
     print_errors(rows)
     summary = print_headlines(rows, args.trials)
 

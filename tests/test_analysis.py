@@ -65,6 +65,8 @@ EXPECTED = {
     "row_sum": {"row_sum": ("SR", S)},
     "elementwise_chain": {"scale_add": ("SS", D), "expm1": ("SS", D), "relu": ("SS", D)},
     "transpose": {"T_transpose": ("SS", D)},
+    "transpose_awkward": {"T_transpose": ("SS", D)},
+    "permute_nhwc": {"T_transpose": ("SSSS", D)},
     "lenet": {
         "pad_temp": ("SSSS", L),
         "conv2d_nchw": ("SSSSRRR", C),

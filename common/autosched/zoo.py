@@ -141,6 +141,11 @@ def _transpose(m: int = 1024, n: int = 768) -> Tensors:
     return [x, topi.transpose(x, (1, 0))]
 
 
+def _permute_nhwc(n: int = 1, c: int = 64, hw: int = 56) -> Tensors:
+    x = te.placeholder((n, c, hw, hw), "float32", name="X")
+    return [x, topi.transpose(x, (0, 2, 3, 1))]
+
+
 def _lenet(batch: int = 32) -> Tensors:
     """conv-relu-pool-conv-relu-pool-dense-relu-dense-softmax as one te DAG (the seed's example)."""
     data = te.placeholder((batch, 1, 28, 28), "float32", name="data")
@@ -229,6 +234,13 @@ ZOO: dict[str, ZooEntry] = {
         _entry("row_sum", "reduce", "row sum 1024x1024", _row_sum),
         _entry("elementwise_chain", "elementwise", "x*2+y -> exp-1 -> relu", _elementwise_chain),
         _entry("transpose", "elementwise", "transpose 1024x768", _transpose),
+        _entry(
+            "transpose_awkward",
+            "elementwise",
+            "transpose 1001x769",
+            lambda: _transpose(1001, 769),
+        ),
+        _entry("permute_nhwc", "elementwise", "NCHW -> NHWC 1x64x56x56", _permute_nhwc),
         _entry("lenet", "network", "LeNet forward pass, batch 32, one te DAG", _lenet),
     ]
 }
