@@ -255,3 +255,26 @@ def test_fast_gelu_matches_exact_and_prints_timing(hw, capsys):
         with capsys.disabled():
             print(f"\nGELU 256x3072, math={choice}: {seconds * 1e3:.3f} ms")
     np.testing.assert_allclose(outputs[FAST], outputs[EXACT], rtol=1e-4, atol=1e-4)
+
+
+def test_fast_exp_vector_loop_has_no_rounding_call_or_float_to_int_conversion(hw):
+    """The exp form rounds by adding 1.5 * 2^23 and scales by adding n to the exponent
+    bits: its vector loop holds no floor/round call, no float-to-int conversion and one
+    32-bit shift (the former form had a floor, a conversion and two halves of 2^n)."""
+    from tvm import s_tir
+
+    from autosched.fast_math import fast_exp
+
+    x = te.placeholder((4096,), "float32", name="X")
+    y = te.compute((4096,), lambda i: fast_exp(x[i]), name="Y")
+    sch = s_tir.Schedule(te.create_prim_func([x, y]))
+    _, inner = sch.split(sch.get_loops(sch.get_sblock("Y"))[0], factors=[None, 16])
+    sch.vectorize(inner)
+    ll = tvm.compile(sch.mod, target=cpu_target(hw)).mod.inspect_source("ll")
+    vector_ops = [line for line in ll.splitlines() if re.search(r"<\d+ x (float|i32)>", line)]
+    # LLVM may split the 16 lanes into narrower vectors: count per vector, by its NaN test.
+    vectors = sum("fcmp ord <" in op for op in vector_ops)
+    assert vectors
+    assert not any(re.search(r"fptosi|llvm\.(floor|round|rint|nearbyint)", op) for op in vector_ops)
+    assert sum(re.search(r"= shl <\d+ x i32>", op) is not None for op in vector_ops) == vectors
+    assert not re.search(r"@expf?\(", ll)

@@ -6,15 +6,20 @@ loop around them still runs one lane at a time. The forms here use only ``+ * /`
 comparisons, selects and int32 bit reinterpretation, which LLVM vectorizes. They follow
 TVM's ``topi.fast_exp`` / ``fast_erf`` / ``fast_tanh`` (Cephes' ``expf`` and ``logf``, Eigen's
 rational ``erf`` and ``tanh``), with explicit handling of what those leave out: ±inf, NaN,
-overflow, and denormal results (exp) or inputs (log).
+overflow, and denormal results (exp) or inputs (log). ``exp`` (and so ``sigmoid``) keeps
+Cephes' polynomial but rounds with the 1.5 * 2^23 trick and scales by an integer add into
+the exponent field: ~25 instructions per vector instead of ~32 (indicative, 1 thread,
+256000 floats: 0.104 -> 0.078 ms on 8-lane vectors, 0.054 ms on 16-lane ones). The rational
+forms are bound by their one division; ``log`` by its degree-9 polynomial and four special
+cases (~42 instructions).
 
 Measured error against float64 references over a dense float32 sweep
 (``tests/test_fast_math.py``, which asserts these bounds); "rel" is relative to the exact
 value, "abs" is absolute:
 
 ============  ==========================================================================
-``exp``       rel <= 2e-7 where the exact result is a normal float (x >= -87.33); below,
-              the result is 0 (abs error < 1.2e-38, the smallest normal float)
+``exp``       rel <= 2e-7 (measured: 9.6e-8) where the exact result is a normal float;
+              below, the result is 0 (abs error < 1.2e-38, the smallest normal float)
 ``sigmoid``   rel <= 2e-7; 0 where the exact result is below the smallest normal float
 ``tanh``      abs and rel <= 5e-7
 ``erf``       abs and rel <= 5e-7
@@ -53,6 +58,7 @@ _FLT_MIN = 1.17549435e-38  # smallest normal float32
 _EXP_HI = 88.7228317  # log(FLT_MAX): above it expf overflows to inf
 _EXP_LO = -87.3365479  # log(FLT_MIN): below it expf is denormal
 _LOG2E = 1.44269504088896341
+_ROUND_MAGIC = 12582912.0  # 1.5 * 2^23: adding it rounds a float below 2^22 to an integer
 # ln 2 split in two (Cody-Waite) so that n * ln2 is exact in the high part.
 _LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4
 # Cephes expf: exp(r) - 1 - r ~ r^2 * P(r) on [-ln2/2, ln2/2].
@@ -101,24 +107,30 @@ def _clamp(x: tirx.PrimExpr, low: float, high: float) -> tirx.PrimExpr:
     return tirx.Max(tirx.Min(x, _f(high)), _f(low))
 
 
-def _pow2(n: tirx.PrimExpr) -> tirx.PrimExpr:
-    """2^n for an int32 n in [-126, 127], built from the float's exponent bits."""
-    return tirx.reinterpret(F32, tirx.shift_left(n + _i(127), _i(23)))
-
-
 def fast_exp(x: tirx.PrimExpr) -> tirx.PrimExpr:
-    # Sub-expressions are shared Python objects, not Let bindings: a Let variable would be
-    # defined twice once the block is inlined into two consumers (ill-formed TIR), and TVM's
-    # and LLVM's CSE merge the repeated parts anyway.
+    """exp(x) = 2^n * exp(r), n = round(x / ln2), |r| <= ln2 / 2: 25 instructions per
+    vector, load and store included (AVX-512 at 8 lanes), against 32 for the Cephes form
+    with ``floor``, a conversion and two halves of 2^n. The polynomial in r is Horner's
+    all the way (``1 + r + r^2 P(r)`` as ``(P r + 1) r + 1``: one FMA fewer, within the
+    bound). Sub-expressions are shared Python objects, not Let bindings: a Let variable would be
+    defined twice once the block is inlined into two consumers (ill-formed TIR), and TVM's
+    and LLVM's CSE merge the repeated parts anyway."""
     xc = _clamp(x, _EXP_LO, _EXP_HI)
-    n = tirx.floor(xc * _f(_LOG2E) + _f(0.5))
+    # Rounding by adding 1.5 * 2^23: the sum's low mantissa bits are n itself (two's
+    # complement), so n needs no float-to-int conversion; n as a float is the sum minus it.
+    shifted = xc * _f(_LOG2E) + _f(_ROUND_MAGIC)
+    # The round trip through int32 bits keeps TVM's simplifier from folding (a + c) - c into
+    # a, which would drop the rounding (LLVM keeps both: no fast-math flags).
+    n = tirx.reinterpret(F32, tirx.reinterpret(I32, shifted)) - _f(_ROUND_MAGIC)
     r = xc - n * _f(_LN2_HI) - n * _f(_LN2_LO)
-    y = _horner(r, _EXP_P) * r * r + r + _f(1.0)
-    # 2^n in two halves: n reaches 128 at the top of the range, and 2^128 has no float32
-    # exponent while 2^64 * 2^64 is fine.
-    ni = tirx.Cast(I32, n)
-    half = tirx.shift_right(ni, _i(1))
-    core = y * _pow2(half) * _pow2(ni - half)
+    y = _horner(r, (*_EXP_P, 1.0, 1.0))
+    # y * 2^n by adding n to y's exponent field. y is in [sqrt(1/2), sqrt(2)], so the sum
+    # stays a normal exponent for every n the clamp allows (n = 128 only with y < 1 and
+    # n = -126 only with y >= 1, except within 3e-6 of the clamp, where the exact result is
+    # below the smallest normal float and the bits read as a denormal of the right size);
+    # 2^n alone has no float32 form at n = 128, which cost the former form a second factor.
+    exponent = tirx.shift_left(tirx.reinterpret(I32, shifted), _i(23))
+    core = tirx.reinterpret(F32, tirx.reinterpret(I32, y) + exponent)
     core = tirx.Select(x > _f(_EXP_HI), _f(float("inf")), core)
     core = tirx.Select(x < _f(_EXP_LO), _f(0.0), core)
     return tirx.Select(tirx.isnan(x), x, core)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -37,6 +38,9 @@ class ApplyState:
     placed: set[str] = field(default_factory=set)
     #: per scheduled block: [outer parallel loop, tile loop] that producers may compute at
     attach_points: dict[str, list[Any]] = field(default_factory=dict)
+    #: per tiled reduction: its outermost reduction loop (r0), where a producer computed at
+    #: it makes only the slice one reduction step reads (MetaSchedule's best convs pad there)
+    reduction_points: dict[str, Any] = field(default_factory=dict)
 
 
 class MetaTemplate(ABC):
@@ -120,21 +124,31 @@ def vector_choices(extent: int, limit: int = 64) -> tuple[int, ...]:
 
 
 def parallel_vectorize_root(
-    sch: s_tir.Schedule, name: str, vector: int, parallel: bool, unroll: int = 0
+    sch: s_tir.Schedule,
+    name: str,
+    vector: int,
+    parallel: bool,
+    unroll: int = 0,
+    min_chunks: int = 0,
 ) -> list[Any]:
     """Parallelize a root-level injective block over its fused outer loops and vectorize its
     innermost loop. The innermost loop is never fused with the others: indices of a fused
-    loop need div/mod per lane, which turns every vector access into a gather.
+    loop need div/mod per lane, which turns every vector access into a gather. When the
+    outer loops give fewer than ``min_chunks`` parallel iterations (a few long rows), the
+    outer part of the split innermost loop joins the parallel loop too: only its scalar
+    index needs div/mod, the vector lanes stay contiguous.
     Returns [outer, inner] loops."""
     block = sch.get_sblock(name)
     loops = sch.get_loops(block)
     if len(loops) == 1:
         outer, inner = sch.split(loops[0], factors=[None, vector])
     else:
-        outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
-        inner = loops[-1]
+        outer_loops, inner = list(loops[:-1]), loops[-1]
         if vector > 1:
-            _, inner = sch.split(inner, factors=[None, vector])
+            vector_outer, inner = sch.split(inner, factors=[None, vector])
+            if parallel and _extent_product(sch, outer_loops) < min_chunks:
+                outer_loops.append(vector_outer)
+        outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
     if parallel:
         sch.parallel(outer)
     if vector > 1:
@@ -143,6 +157,12 @@ def parallel_vectorize_root(
         sch.annotate(outer, "pragma_auto_unroll_max_step", unroll)
         sch.annotate(outer, "pragma_unroll_explicit", 1)
     return [outer, inner]
+
+
+def _extent_product(sch: s_tir.Schedule, loops: list[Any]) -> int:
+    """Iterations of the nest ``loops`` (a symbolic extent counts as plenty)."""
+    extents = [loop_extent(sch, loop) for loop in loops]
+    return math.prod(extents) if all(e > 0 for e in extents) else 1 << 62
 
 
 def math_knobs(stage: StageInfo) -> list[Knob]:

@@ -3,7 +3,9 @@
 Loop structure per block, MetaSchedule's CPU "SSRSRS": every spatial axis is split in four
 (s0 parallel, s1 cache tile, s2 register tile, s3 vector/innermost), every reduction axis in
 two (r0, r1), ordered ``s0 s1 r0 [s2 r1 | r1 s2] s3``. The accumulator tile is a write cache
-(or the fused elementwise consumer) computed at the s0 or s1 loop.
+(or the fused elementwise consumer) computed at the s0 or s1 loop. With ``pad`` (``padding``)
+an einsum-like block is padded so that tiles that do not divide their axis (awkward, prime
+extents) still give an unguarded micro-kernel; only the write-back of the output is guarded.
 """
 
 from __future__ import annotations
@@ -11,14 +13,12 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from tvm import s_tir, tirx
-from tvm.tirx import IndexMap
+from tvm import s_tir
 
 from autosched.analysis import MetaTemplateKind, StageInfo
 from autosched.space import ChoiceKnob, Knob, KnobValue, TileKnob, divisors, tile_candidates
 from autosched.templates.base import (
     UNROLL_STEPS,
-    ApplyState,
     MetaTemplate,
     TemplateContext,
     block_exists,
@@ -27,10 +27,37 @@ from autosched.templates.base import (
     math_static,
     reuse_axis,
 )
+from autosched.templates.packing import has_reused_operand, pack, packable_read
+from autosched.templates.padding import (
+    PAD,
+    copy_at_root,
+    guarded_at_tile,
+    least_padding,
+    may_pad,
+    padded_tile_growth,
+    place_writeback,
+    try_pad,
+)
+from autosched.templates.reduction_lanes import (
+    REDUCE_LANES,
+    lanes_axis,
+    low_reuse,
+    place_reduce_lanes,
+)
+from autosched.templates.vector_axis import (
+    VECTOR_AXIS,
+    innermost_axis,
+    lanes_innermost,
+    static_vector_axis,
+    vector_axis_options,
+    write_dim,
+)
 
 SPATIAL_LEVELS, REDUCTION_LEVELS = 4, 2
 INNER_ORDERS = ("r1_s2_s3", "s2_r1_s3")
 MAX_VECTOR = 64
+MAX_REGISTER_TILE = 16
+MAX_SCALAR_INNER, MAX_UNROLL_SCALAR_INNER = 4, 64
 
 
 def _tile_name(stage: StageInfo, axis: int) -> str:
@@ -38,9 +65,13 @@ def _tile_name(stage: StageInfo, axis: int) -> str:
 
 
 def _tile_knob(stage: StageInfo, axis: int) -> TileKnob:
-    levels = SPATIAL_LEVELS if stage.iter_kinds[axis] == "S" else REDUCTION_LEVELS
     extent = stage.extents[axis]
-    return TileKnob(_tile_name(stage, axis), extent, levels, tile_candidates(extent))
+    if stage.iter_kinds[axis] != "S":
+        return TileKnob(_tile_name(stage, axis), extent, REDUCTION_LEVELS, tile_candidates(extent))
+    # Every small register tile too: with padding, 6 or 12 rows need not divide the axis.
+    small = set(range(1, min(extent, MAX_REGISTER_TILE) + 1))
+    candidates = tuple(sorted(set(tile_candidates(extent)) | small))
+    return TileKnob(_tile_name(stage, axis), extent, SPATIAL_LEVELS, candidates)
 
 
 def _epilogue_possible(stage: StageInfo, ctx: TemplateContext) -> bool:
@@ -64,8 +95,14 @@ class ComplexReduction(MetaTemplate):
         ]
         if _epilogue_possible(stage, ctx):
             knobs.append(ChoiceKnob("fuse_epilogue", (True, False)))
-        if _vector_axis(stage) is not None and _has_reused_operand(stage):
+        if innermost_axis(stage) is not None and has_reused_operand(stage):
             knobs.append(ChoiceKnob("pack", (False, True)))
+        if len(vector_axis_options(stage)) > 1:
+            knobs.append(ChoiceKnob(VECTOR_AXIS, vector_axis_options(stage)))
+        if may_pad(stage):
+            knobs.append(ChoiceKnob(PAD, (False, True)))
+        if low_reuse(stage) and lanes_axis(stage, ctx.hw.vector_lanes_f32) is not None:
+            knobs.append(ChoiceKnob(REDUCE_LANES, (False, True)))
         return knobs + math_knobs(stage)
 
     # ---- static heuristic -------------------------------------------------------------
@@ -77,16 +114,27 @@ class ComplexReduction(MetaTemplate):
         spatial = stage.spatial_axes
         extents = stage.extents
         inner = {a: [1, 1, 1] for a in spatial}  # s1, s2, s3 per spatial axis
+        # Axes whose divisors are poor get tiles that do not divide them, padded (``pad``).
+        vec_axis = static_vector_axis(stage, lanes)
+        # Lanes moved off the innermost axis already fill whole vectors (no padding then).
+        can_pad = may_pad(stage) and vec_axis == innermost_axis(stage)
+        padded: set[int] = set()
 
-        vec_axis = _vector_axis(stage)
         if vec_axis is not None:
-            inner[vec_axis][2] = _pick_vector(extents[vec_axis], lanes)
+            vector = _pick_vector(extents[vec_axis], lanes)
+            if can_pad and vector < lanes < extents[vec_axis]:
+                vector = lanes
+                padded.add(vec_axis)
+            inner[vec_axis][2] = vector
         vec_regs = -(-inner[vec_axis][2] // lanes) if vec_axis is not None else 1
         reg_axis = reuse_axis(stage, vec_axis)
         if reg_axis is not None:
-            inner[reg_axis][1] = _largest_divisor_at_most(
-                extents[reg_axis], max(1, acc_budget // vec_regs)
-            )
+            budget = min(MAX_REGISTER_TILE, max(1, acc_budget // vec_regs))
+            rows = _largest_divisor_at_most(extents[reg_axis], budget)
+            if can_pad and 2 * rows <= budget < extents[reg_axis]:
+                rows = least_padding(extents[reg_axis], budget)
+                padded.add(reg_axis)
+            inner[reg_axis][1] = rows
 
         # Cache tile: grow s1, innermost axis first, while the output tile stays in L1/2 and
         # enough parallel work remains outside.
@@ -94,10 +142,11 @@ class ComplexReduction(MetaTemplate):
         min_outer = 4 * hw.num_cores
         for axis in reversed(spatial):
             while True:
-                s1, s2, s3 = inner[axis]
-                rest = extents[axis] // (s1 * s2 * s3)
-                # A factor over tile_budget could never pass the check below.
-                grow = _smallest_factor(rest, tile_budget)
+                step = math.prod(inner[axis])
+                if axis in padded:
+                    grow = padded_tile_growth(extents[axis], step)
+                else:  # a factor over tile_budget could never pass the check below
+                    grow = _smallest_factor(extents[axis] // step, tile_budget)
                 if grow is None:
                     break
                 tile = math.prod(math.prod(v) for v in inner.values()) * grow
@@ -120,34 +169,64 @@ class ComplexReduction(MetaTemplate):
         values.update(inner_order="r1_s2_s3", unroll=64, write_level=1, write_cache=True)
         if _epilogue_possible(stage, ctx):
             values["fuse_epilogue"] = True
-        if vec_axis is not None and _has_reused_operand(stage):
+        if len(vector_axis_options(stage)) > 1:
+            values[VECTOR_AXIS] = vec_axis
+        if vec_axis is not None and has_reused_operand(stage):
             # Packing pays when the micro-kernel would otherwise read the operand with a
             # stride (dense's W[j, k]) or when long reductions stream whole panels of it.
             reduction = math.prod(extents[a] for a in stage.reduction_axes)
             values["pack"] = reduction >= 64
+        if may_pad(stage):
+            values[PAD] = bool(padded)
+        if low_reuse(stage) and lanes_axis(stage, lanes) is not None:
+            values[REDUCE_LANES] = True
         return values | math_static(stage)
 
     # ---- apply --------------------------------------------------------------------------
     def apply(self, sch, stage, values, ctx, state) -> None:
         block = sch.get_sblock(stage.name)
-        writeback = None
-        if _will_fuse_epilogue(sch, stage, values, ctx):
+        # Its own loop nest: the tiling, caching and padding knobs do not apply.
+        if values.get(REDUCE_LANES) and place_reduce_lanes(sch, block, stage, ctx, state):
+            return
+        tiles = {axis: values[_tile_name(stage, axis)] for axis in range(len(stage.iter_kinds))}
+        padded = try_pad(sch, block, stage, tiles, set(ctx.stages)) if values.get(PAD) else None
+        # Padding makes every spatial tile divide: the write-back alone is guarded.
+        guarded = padded is None and _has_guarded_tile(stage, values)
+        writeback, epilogue = None, None
+        if padded is not None:
+            state.placed.update(sch.get(b).name_hint for b in padded.inputs)
+        if padded is not None and padded.writeback is not None:
+            state.placed.add(sch.get(padded.writeback).name_hint)
+            fuse = _will_fuse_epilogue(sch, padded.writeback, values, ctx, guarded=False)
+            epilogue = place_writeback(sch, padded.writeback, fuse, ctx.hw.vector_lanes_f32)
+        elif _will_fuse_epilogue(sch, block, values, ctx, guarded):
             epilogue = sch.get_consumers(block)[0]
-        elif values["write_cache"] and not _has_guarded_tile(stage, values):
+        vec_axis = _lanes_axis(stage, values, padded is not None or guarded)
+        moved = vec_axis != innermost_axis(stage)
+        if epilogue is None and (values["write_cache"] or moved) and not guarded:
             # The block now accumulates into a cache buffer; the returned block copies the
             # finished tile out, so it goes where a fused epilogue would.
             epilogue = sch.cache_write(block, 0, "global")
             writeback = sch.get(epilogue).name_hint
-        else:
-            epilogue = None
+        if moved:
+            # The accumulator keeps the lanes innermost (its own buffer: a write cache or the
+            # fused epilogue's input); the write-back restores the output's layout per tile.
+            width = values[_tile_name(stage, vec_axis)][3]
+            ndim = len(stage.spatial_axes)
+            blocked = lanes_innermost(ndim, write_dim(stage, vec_axis), width)
+            sch.transform_layout(block, ("write", 0), blocked)
 
-        vec_axis = _vector_axis(stage)
         if values.get("pack") and vec_axis is not None:
             width = values[_tile_name(stage, vec_axis)][3]
-            read_index = _packable_read(sch, block, vec_axis, width) if width > 1 else None
+            read_index = packable_read(sch, block, vec_axis, width) if width > 1 else None
             if read_index is not None:
                 vec_var = sch.get(block).iter_vars[vec_axis].var
-                _pack(sch, block, read_index, vec_var, width, state)
+                copies = padded.inputs if padded is not None else ()
+                pack(sch, block, read_index, vec_var, width, state, copies)
+        if padded is not None:
+            # The zero-padded copies: one parallel, vectorized pass each, at root.
+            for copy in padded.inputs:
+                copy_at_root(sch, copy, ctx.hw.vector_lanes_f32)
 
         loops = sch.get_loops(block)
         kinds = stage.iter_kinds
@@ -160,7 +239,9 @@ class ComplexReduction(MetaTemplate):
         s0 = [splits[a][0] for a in spatial]
         s1 = [splits[a][1] for a in spatial]
         s2 = [splits[a][2] for a in spatial]
-        s3 = [splits[a][3] for a in spatial]
+        # The vector axis' innermost loop last, whichever axis carries the lanes.
+        s3 = [splits[a][3] for a in spatial if a != vec_axis]
+        s3 += [splits[vec_axis][3]] if vec_axis is not None else []
         r0 = [splits[a][0] for a in reduction]
         r1 = [splits[a][1] for a in reduction]
         middle = r1 + s2 if values["inner_order"] == "r1_s2_s3" else s2 + r1
@@ -170,25 +251,47 @@ class ComplexReduction(MetaTemplate):
         tile_loop = s1[-1]
         innermost = s3[-1]
         # Vectors wider than MAX_VECTOR make LLVM's code generation crawl: leave those scalar.
-        if 1 < values[_tile_name(stage, spatial[-1])][3] <= MAX_VECTOR:
+        if vec_axis is not None and 1 < values[_tile_name(stage, vec_axis)][3] <= MAX_VECTOR:
             sch.vectorize(innermost)
-        if values["unroll"]:
-            sch.annotate(outer, "pragma_auto_unroll_max_step", values["unroll"])
+        # The other axes' innermost tiles are scalar loops around each vector operation; when
+        # they are long, 512 unrolled steps made LLVM take over a minute per candidate.
+        scalar_inner = math.prod(values[_tile_name(stage, a)][3] for a in spatial if a != vec_axis)
+        unroll = values["unroll"]
+        if scalar_inner > MAX_SCALAR_INNER:
+            unroll = min(unroll, MAX_UNROLL_SCALAR_INNER)
+        if unroll:
+            sch.annotate(outer, "pragma_auto_unroll_max_step", unroll)
             sch.annotate(outer, "pragma_unroll_explicit", 1)
 
         attach = outer if values["write_level"] == 0 else tile_loop
+        if padded is not None and epilogue is not None:
+            epilogue = guarded_at_tile(sch, epilogue, attach, ctx.hw.vector_lanes_f32)
         if epilogue is not None:
             sch.reverse_compute_at(epilogue, attach, preserve_unit_loops=True)
             _vectorize_inner(sch, epilogue, ctx.hw.vector_lanes_f32)
             state.placed.add(sch.get(epilogue).name_hint)
         # With a guarded tile TVM's decomposition leaves stale block flags (its own debug
         # verification fails); the init then stays inside the reduction, which is correct.
-        if r0 and not _has_guarded_tile(stage, values):
+        if r0 and not guarded:
             sch.decompose_reduction(block, r0[0])
+        if r0:
+            state.reduction_points[stage.name] = r0[0]
         state.attach_points[stage.name] = [outer, tile_loop]
         state.placed.add(stage.name)
         if writeback is not None:
             state.placed.add(writeback)
+
+
+def _lanes_axis(stage: StageInfo, values: dict[str, Any], guarded_or_padded: bool) -> int | None:
+    """The axis that carries the vector lanes (``vector_axis``): another than the innermost
+    only where its vector tile divides it and no tile is guarded or padded (the accumulator's
+    blocked layout needs whole vectors, and a guarded tile gets no write cache)."""
+    inner = innermost_axis(stage)
+    chosen = values.get(VECTOR_AXIS, inner)
+    if chosen == inner or guarded_or_padded:
+        return inner
+    width = values[_tile_name(stage, chosen)][3]
+    return chosen if width > 1 and stage.extents[chosen] % width == 0 else inner
 
 
 def _has_guarded_tile(stage: StageInfo, values: dict[str, Any]) -> bool:
@@ -202,18 +305,23 @@ def _has_guarded_tile(stage: StageInfo, values: dict[str, Any]) -> bool:
 
 
 def _will_fuse_epilogue(
-    sch: s_tir.Schedule, stage: StageInfo, values: dict[str, Any], ctx: TemplateContext
+    sch: s_tir.Schedule, producer: Any, values: dict[str, Any], ctx: TemplateContext, guarded: bool
 ) -> bool:
     """Fuse the one injective consumer left after inlining (bias, ReLU) into the tile."""
-    if not values.get("fuse_epilogue") or _has_guarded_tile(stage, values):
+    if not values.get("fuse_epilogue") or guarded:
         return False
-    consumers = sch.get_consumers(sch.get_sblock(stage.name))
+    consumers = sch.get_consumers(producer)
     if len(consumers) != 1:
+        return False
+    # Every block the consumer reads must be under the tile loop (TVM's rule): another
+    # stage left at root (a bias broadcast that is not inlined) rules the fusion out.
+    if len(sch.get_producers(consumers[0])) != 1:
         return False
     consumer = sch.get(consumers[0])
     if any(iv.iter_type != 0 for iv in consumer.iter_vars):  # 0: data parallel
         return False
-    if len(consumer.iter_vars) != len(stage.spatial_axes):
+    spatial = [iv for iv in sch.get(producer).iter_vars if iv.iter_type == 0]
+    if len(consumer.iter_vars) != len(spatial):
         return False
     # Only an output (or a stage nobody reads further) is fused; others are placed later.
     name = consumer.name_hint
@@ -229,76 +337,6 @@ def _vectorize_inner(sch: s_tir.Schedule, block: Any, lanes: int) -> None:
     elif extent > MAX_VECTOR or extent <= 1:
         return
     sch.vectorize(inner)
-
-
-def _packable_read(sch: s_tir.Schedule, block: Any, vec_axis: int, width: int) -> int | None:
-    """Index of an operand worth packing: read at a point, indexed by the vector axis alone in
-    exactly one dimension (so ``x // width, ..., x % width`` is a valid blocked layout), and
-    reused along another spatial axis (so the copy is amortized)."""
-    blk = sch.get(block)
-    vec_var = blk.iter_vars[vec_axis].var
-    spatial = {i for i, iv in enumerate(blk.iter_vars) if iv.iter_type == 0}
-    for index, region in enumerate(blk.reads):
-        dims = [r.min for r in region.region]
-        if len(dims) < 2 or any(int(r.extent) != 1 for r in region.region):
-            continue
-        hits = [d for d, e in enumerate(dims) if vec_var.same_as(e)]
-        others = [d for d, e in enumerate(dims) if d not in hits and _uses(e, vec_var)]
-        used = {i for i, iv in enumerate(blk.iter_vars) if any(_uses(e, iv.var) for e in dims)}
-        shape = [int(x) for x in region.source.shape]
-        if len(hits) == 1 and not others and spatial - used and shape[hits[0]] % width == 0:
-            return index
-    return None
-
-
-def _uses(expr: Any, var: Any) -> bool:
-    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
-
-
-def _pack(
-    sch: s_tir.Schedule,
-    block: Any,
-    read_index: int,
-    vec_axis_var: Any,
-    width: int,
-    state: ApplyState,
-) -> None:
-    """Copy the operand into a blocked layout ``[x // width, ..., x % width]`` so the micro-
-    kernel's vector loads are contiguous and a panel of it is contiguous in memory."""
-
-    region = sch.get(block).reads[read_index]
-    dims = [r.min for r in region.region]
-    d = next(i for i, e in enumerate(dims) if vec_axis_var.same_as(e))
-    ndim = len(dims)
-    copy = sch.cache_read(block, read_index, "global")
-
-    # Index variables must be int32 like te loops (IndexMap.from_func makes int64
-    # ones, which TVM then fails to parse against int32 loops).
-    idx = [tirx.Var(f"i{n}", "int32") for n in range(ndim)]
-    rest = [idx[i] for i in range(ndim) if i != d]
-    blocked = IndexMap(idx, [idx[d] // width, *rest, idx[d] % width], None)
-    sch.transform_layout(block, ("read", read_index), blocked)
-    name = sch.get(copy).name_hint
-    loops = sch.get_loops(copy)
-    outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
-    sch.parallel(outer)
-    state.placed.add(name)
-
-
-def _has_reused_operand(stage: StageInfo) -> bool:
-    spatial = {a for a in stage.spatial_axes if stage.extents[a] > 1}
-    return any(
-        len(r.index_vars) >= 2 and spatial - {v for i in r.index_vars for v in i}
-        for r in stage.reads
-    )
-
-
-def _vector_axis(stage: StageInfo) -> int | None:
-    """The innermost spatial axis with extent > 1: contiguous in the output."""
-    for axis in reversed(stage.spatial_axes):
-        if stage.extents[axis] > 1:
-            return axis
-    return None
 
 
 def _pick_vector(extent: int, lanes: int) -> int:
@@ -326,4 +364,4 @@ def _smallest_factor(n: int, limit: int) -> int | None:
 
 
 def _outer_product(inner: dict[int, list[int]], extents: tuple[int, ...]) -> int:
-    return math.prod(extents[a] // math.prod(v) for a, v in inner.items())
+    return math.prod(-(-extents[a] // math.prod(v)) for a, v in inner.items())
