@@ -56,7 +56,7 @@ def assert_matches_reference(mod: tvm.IRModule, name: str) -> None:
 
 def chain(stages: int) -> dict[str, Any]:
     """A valid but slow declaration: a long elementwise chain (~2.5 ms a stage to analyse,
-    ~17 ms with the static schedule's trace)."""
+    about as much again for the static schedule's trace)."""
     a = te.placeholder((64, 64), "float32", name="A")
     x = a
     for i in range(stages):

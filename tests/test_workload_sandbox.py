@@ -21,6 +21,7 @@ from tests.kernels import chain
 
 HW = detect_hardware()
 OTHER_HW = HardwareParams(4, 256, 32768, 524288, 8388608, "haswell")
+FEW = (2, 4, 8, 16, 32, 64)  # core counts: distinct machines
 
 
 def sandbox_children() -> list[psutil.Process]:
@@ -114,9 +115,13 @@ def test_crashed_child_is_a_refusal_and_is_replaced():
     _wait_until_idle()
     outcome: list[BaseException | None] = []
 
+    # A few seconds of work to kill it in: the static schedule and trace of a long chain
+    # for several machines (each ~0.35 s here).
+    machines = [HW] + [HardwareParams(c, 256, 32768, 524288, 8388608, "haswell") for c in FEW]
+
     def slow_call() -> None:
         try:
-            ws.describe(chain(150), [HW], trace=True, timeout_s=60)  # seconds
+            ws.describe(chain(250), machines, trace=True, timeout_s=60)  # seconds
             outcome.append(None)
         except BaseException as e:
             outcome.append(e)

@@ -284,11 +284,16 @@ class ComplexReduction(MetaTemplate):
 
 def _lanes_axis(stage: StageInfo, values: dict[str, Any], guarded_or_padded: bool) -> int | None:
     """The axis that carries the vector lanes (``vector_axis``): another than the innermost
-    only where its vector tile divides it and no tile is guarded or padded (the accumulator's
-    blocked layout needs whole vectors, and a guarded tile gets no write cache)."""
+    only where its vector tile divides it, no other axis has an innermost tile, and no tile
+    is guarded or padded (the accumulator's blocked layout needs whole vectors, and a
+    guarded tile gets no write cache)."""
     inner = innermost_axis(stage)
     chosen = values.get(VECTOR_AXIS, inner)
     if chosen == inner or guarded_or_padded:
+        return inner
+    # Other axes' innermost tiles would be scalar loops inside the moved layout's vector
+    # loop: LLVM took 70-90 s to compile such candidates, and they are never fast.
+    if any(values[_tile_name(stage, a)][3] > 1 for a in stage.spatial_axes if a != chosen):
         return inner
     width = values[_tile_name(stage, chosen)][3]
     return chosen if width > 1 and stage.extents[chosen] % width == 0 else inner
