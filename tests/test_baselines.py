@@ -50,12 +50,19 @@ def run_torch(name: str, inputs: list[np.ndarray]) -> np.ndarray:
     Run on a fresh thread: after the API tests, the main thread of this long process gave
     torch's ``exp`` errors of ~2e-4 on its own chunk of the output (the other intra-op
     thread's chunk was exact), so some thread-local math-library state had changed there;
-    a benchmark process starts clean, and so does a new thread."""
+    a benchmark process starts clean, and so does a new thread. Later the same happened on
+    the other chunk, computed by torch's long-lived intra-op worker: so the whole output is
+    computed on the fresh thread alone (one torch thread; the values do not depend on it)."""
     import torch
 
     def run() -> np.ndarray:
-        with torch.inference_mode():
-            return bl.torch_fn(name)(*bl.to_torch(inputs)).numpy()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                return bl.torch_fn(name)(*bl.to_torch(inputs)).numpy()
+        finally:
+            torch.set_num_threads(threads)
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(run).result()
