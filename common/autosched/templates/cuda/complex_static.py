@@ -25,6 +25,7 @@ from autosched.templates.cuda.complex_space import (
     stageable_reads,
     staged_levels,
 )
+from autosched.templates.vector_axis import innermost_axis
 
 #: Static fill: (threads per block, register tile rows, columns), in order of preference
 #: (``_static_rank`` picks among them).
@@ -98,7 +99,7 @@ def _static_spatial(
     writes consecutive global ones (coalesced). Along a guarded axis it goes innermost
     instead (see ``effective_tiles``)."""
     inner = {a: [1] * (SPATIAL_LEVELS - 1) for a in stage.spatial_axes}
-    column = _column_axis(stage)
+    column = innermost_axis(stage)
     row = reuse_axis(stage, column)
     if column is not None:
         inner[column][VTHREAD - 1] = _register_factor(stage.extents[column], columns)
@@ -111,14 +112,6 @@ def _static_spatial(
         if stage.extents[axis] % math.prod(factors):
             factors[INNERMOST - 1], factors[VTHREAD - 1] = factors[VTHREAD - 1], 1
     return inner
-
-
-def _column_axis(stage: StageInfo) -> int | None:
-    """The innermost spatial axis with extent > 1: contiguous in the output."""
-    for axis in reversed(stage.spatial_axes):
-        if stage.extents[axis] > 1:
-            return axis
-    return None
 
 
 def _register_factor(extent: int, want: int) -> int:
